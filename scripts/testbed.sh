@@ -192,8 +192,8 @@ cmd_stop() {
     say "virtlogd was not started by this script (or is not running)"
   fi
   rm -f "$STATE_DIR/virtlogd.pid"
-  if pgrep -x qemu-system-x86_64 >/dev/null; then
-    say "note: QEMU processes are still running (domains survive a libvirtd restart)"
+  if pgrep -f '^(/usr/bin/)?qemu-system-' >/dev/null || pgrep -x dnsmasq >/dev/null; then
+    say "note: QEMU/dnsmasq processes keep running (domains and networks survive a libvirtd restart)"
   fi
   say "stopped"
 }

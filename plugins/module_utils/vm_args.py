@@ -55,6 +55,15 @@ VM_OPTIONS = dict(
 _ITEM_VALIDATOR = ArgumentSpecValidator(VM_OPTIONS)
 
 
+def _drop_none(value):
+    """Validated parameters carry None for every unset suboption; validating them again needs them gone."""
+    if isinstance(value, dict):
+        return {key: _drop_none(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_drop_none(item) for item in value]
+    return value
+
+
 def vm_items(params):
     """The list of per-VM parameter dicts the module was asked for (one, or the ``vms`` list)."""
     shared = {key: params.get(key) for key in VM_OPTIONS if key != "name"}
@@ -64,8 +73,8 @@ def vm_items(params):
         return [dict(shared, name=params["name"])]
     items, seen = [], set()
     for index, item in enumerate(params["vms"]):
-        merged = dict(shared)
-        merged.update({key: value for key, value in item.items() if value is not None})
+        merged = _drop_none(shared)
+        merged.update(_drop_none(item))
         unknown = sorted(set(item) - set(VM_OPTIONS))
         if unknown:
             raise FabricError("unknown keys %s; items take the same keys as a single VM" % ", ".join(unknown),

@@ -166,7 +166,7 @@ class VmLifecycle:
 
     @staticmethod
     def _set_live_metadata(dom, spec):
-        element = ET.tostring(vm_spec.metadata_element(spec), encoding="unicode")
+        element = ET.tostring(vm_spec.metadata_element(spec, namespaced=False), encoding="unicode")
         with libvirt_errors("updating the running VM's metadata", "metadata"):
             dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, element, vm_spec.METADATA_PREFIX,
                             vm_spec.METADATA_NS, libvirt.VIR_DOMAIN_AFFECT_LIVE)

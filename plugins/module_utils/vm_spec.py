@@ -245,15 +245,17 @@ def _ns(tag):
     return "{%s}%s" % (METADATA_NS, tag)
 
 
-def metadata_element(spec):
-    root = ET.Element(_ns("vm"))
+def metadata_element(spec, namespaced=True):
+    """The <skygrid:vm> element; libvirt's setMetadata wants it without the namespace (it adds it)."""
+    tag = _ns if namespaced else (lambda name: name)
+    root = ET.Element(tag("vm"))
     for key in sorted(spec["metadata"]):
-        _sub(root, _ns(key), spec["metadata"][key])
+        _sub(root, tag(key), spec["metadata"][key])
     for disk in spec["disks"]:
-        _sub(root, _ns("disk"), target=disk["target"], base_volume=disk["base_volume"],
+        _sub(root, tag("disk"), target=disk["target"], base_volume=disk["base_volume"],
              size_gb=disk["size_gb"], owned="yes" if disk["owned"] else "no")
     if spec["seed"]:
-        _sub(root, _ns("seed"), pool=spec["seed"]["pool"], volume=spec["seed"]["volume"],
+        _sub(root, tag("seed"), pool=spec["seed"]["pool"], volume=spec["seed"]["volume"],
              sha256=spec["seed"]["sha256"])
     return root
 

@@ -1,0 +1,54 @@
+# skygrid.fabric — the two commands a site admin (or CI) needs on a fresh Debian 12 host, as root:
+#   make demo   install what is needed, bring up libvirt, run the demo playbook
+#   make test   lint, sanity, unit and integration tests (in that order, failing on any)
+
+SHELL := /bin/bash
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PYTHONPATH := $(CURDIR)/collections
+
+.PHONY: demo demo-clean test deps testbed guest lint sanity unit integration bench build clean
+
+deps:
+	scripts/install-deps.sh
+
+testbed: deps
+	scripts/testbed.sh start
+
+guest: deps
+	tests/guest/build.sh
+
+demo: testbed guest
+	ansible-playbook playbooks/demo_vm_lifecycle.yml
+
+demo-clean: testbed
+	ansible-playbook playbooks/demo_vm_lifecycle.yml -e demo_state=absent
+
+test: deps
+	$(MAKE) lint
+	$(MAKE) sanity
+	$(MAKE) unit
+	$(MAKE) testbed guest
+	$(MAKE) integration
+
+lint:
+	scripts/lint.sh
+
+sanity:
+	scripts/sanity.sh
+
+unit:
+	pytest -q tests/unit
+
+integration:
+	pytest -q tests/integration
+
+bench: testbed
+	bench/run_all.sh
+
+build:
+	ansible-galaxy collection build --force --output-path .cache/dist .
+
+clean:
+	rm -rf .cache/dist tests/output
