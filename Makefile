@@ -34,6 +34,7 @@ test: deps
 
 lint:
 	scripts/lint.sh
+	antsibull-changelog lint
 
 sanity:
 	scripts/sanity.sh
@@ -45,7 +46,7 @@ integration:
 	pytest -q tests/integration
 
 bench: testbed
-	bench/run_all.sh
+	python bench/vm_lifecycle/run.py --json .cache/bench/vm_lifecycle.json
 
 build:
 	ansible-galaxy collection build --force --output-path .cache/dist .

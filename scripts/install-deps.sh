@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base
-  libvirt-dev pkg-config gcc tini genisoimage iptables ebtables
+  libvirt-dev pkg-config gcc tini genisoimage iptables
+  python3-venv git shellcheck
   busybox-static cpio kmod
 )
 

@@ -27,7 +27,7 @@ virsh_q() { virsh -q -c "$URI" "$@"; }
 libvirt_answers() { timeout 10 virsh -c "$URI" version >/dev/null 2>&1; }
 
 pid_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
-pidfile_pid() { [[ -s $1 ]] && tr -dc 0-9 <"$1" || true; }
+pidfile_pid() { if [[ -s $1 ]]; then tr -dc 0-9 <"$1"; fi; }
 
 virtlogd_pid() {
   local pid
@@ -158,11 +158,11 @@ cmd_start() {
 }
 
 stop_pid() {  # name pid
-  local name=$1 pid=$2 i
+  local name=$1 pid=$2
   pid_alive "$pid" || return 0
   say "stopping $name (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 100); do pid_alive "$pid" || return 0; sleep 0.1; done
+  for _ in $(seq 100); do pid_alive "$pid" || return 0; sleep 0.1; done
   say "$name did not exit after 10s; sending SIGKILL"
   kill -KILL "$pid" 2>/dev/null || true
 }

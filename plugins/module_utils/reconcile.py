@@ -36,5 +36,16 @@ class Reconciler:
         if after is not None:
             self.after[key] = copy.deepcopy(after)
 
+    def child(self):
+        """A Reconciler for one object of many, to be merged back (in a stable order) with ``merge``;
+        lets objects be changed concurrently without interleaving their records."""
+        return Reconciler(check_mode=self.check_mode)
+
+    def merge(self, child):
+        self.changed = self.changed or child.changed
+        self.actions.extend(child.actions)
+        self.before.update(child.before)
+        self.after.update(child.after)
+
     def diff(self):
         return {"before": self.before, "after": self.after}

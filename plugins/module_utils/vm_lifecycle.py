@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 import xml.etree.ElementTree as ET
 
 from ansible_collections.skygrid.fabric.plugins.module_utils import host, storage, vm_spec
@@ -122,40 +123,61 @@ class VmLifecycle:
 
     # ------------------------------------------------------------ applying
 
-    def apply(self, plan):
-        before_changes = len(self.reconciler.actions)
+    def apply_all(self, plans, workers=1):
+        """Apply every plan, ``workers`` VMs at a time (libvirt connections are thread-safe and
+        QEMU start-up dominates), merging the records in the plans' order. When some VMs fail,
+        the others still finish and are reported; then the first error is raised."""
+        children = [self.reconciler.child() for _plan in plans]
+
+        def apply_one(index):
+            try:
+                return self.apply(plans[index], children[index]), None
+            except FabricError as exc:
+                return None, exc
+
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(plans)))) as pool:
+            outcomes = list(pool.map(apply_one, range(len(plans))))
+        for child in children:
+            self.reconciler.merge(child)
+        errors = [error for _result, error in outcomes if error is not None]
+        if errors:
+            raise errors[0]
+        return [result for result, _error in outcomes]
+
+    def apply(self, plan, reconciler):
+        """Drive one VM to its plan, recording its changes with its own ``reconciler``."""
         if plan.state == "absent":
-            self._remove(plan)
+            self._remove(plan, reconciler)
         else:
-            self._converge_definition(plan)
-            self._converge_autostart(plan)
-            self._converge_run_state(plan)
+            self._converge_definition(plan, reconciler)
+            self._converge_autostart(plan, reconciler)
+            self._converge_run_state(plan, reconciler)
             plan.result["restart_required"] = self._restart_required(plan)
             plan.result["uuid"] = plan.dom.UUIDString() if plan.dom else None
             plan.result["spec"] = plan.wanted
-        plan.result["changed"] = len(self.reconciler.actions) > before_changes
-        plan.result["actions"] = self.reconciler.actions[before_changes:]
-        self.reconciler.record_diff(plan.name, plan.current, plan.wanted)
+        plan.result["changed"] = reconciler.changed
+        plan.result["actions"] = list(reconciler.actions)
+        reconciler.record_diff(plan.name, plan.current, plan.wanted)
         return plan.result
 
-    def _converge_definition(self, plan):
+    def _converge_definition(self, plan, reconciler):
         wanted, current = plan.wanted, plan.current
         if current is not None:
             self._refuse_rebase(wanted, current)
             changed_keys = vm_spec.differences(wanted, current)
         else:
             changed_keys = list(wanted)
-        self._ensure_volumes(plan)
+        self._ensure_volumes(plan, reconciler)
         definition_keys = [key for key in changed_keys if key != "autostart"]
         if not definition_keys:
             return
         uuid = plan.dom.UUIDString() if plan.dom else None
         verb = "update definition of VM %s (%s)" % (plan.name, ", ".join(definition_keys)) if plan.dom \
             else "define VM %s" % plan.name
-        dom = self.reconciler.act(verb, self._define, vm_spec.to_xml(wanted, uuid=uuid))
+        dom = reconciler.act(verb, self._define, vm_spec.to_xml(wanted, uuid=uuid))
         if dom is not None:
             plan.dom = dom
-        if "metadata" in definition_keys and plan.dom is not None and not self.reconciler.check_mode \
+        if "metadata" in definition_keys and plan.dom is not None and not reconciler.check_mode \
                 and plan.dom.isActive():
             # Metadata is bookkeeping, not hardware: update the running VM too, so no restart is needed.
             self._set_live_metadata(plan.dom, wanted)
@@ -183,7 +205,7 @@ class VmLifecycle:
                     % (disk["volume"], before["base_volume"], disk["base_volume"]),
                     field="disks[%d].base_volume" % index)
 
-    def _ensure_volumes(self, plan):
+    def _ensure_volumes(self, plan, reconciler):
         for index, disk in enumerate(plan.wanted["disks"]):
             if not disk["owned"]:
                 continue
@@ -195,45 +217,50 @@ class VmLifecycle:
             if disk["base_volume"]:
                 path, fmt, base_capacity = storage.volume_info(storage.volume(pool, disk["base_volume"]))
                 backing, capacity = (path, fmt), max(capacity, base_capacity)
-            self.reconciler.act("create volume %s/%s" % (disk["pool"], disk["volume"])
-                                + (" on %s" % disk["base_volume"] if backing else ""),
-                                storage.create_qcow2, pool, disk["volume"], capacity, backing, field)
+            reconciler.act("create volume %s/%s" % (disk["pool"], disk["volume"])
+                           + (" on %s" % disk["base_volume"] if backing else ""),
+                           storage.create_qcow2, pool, disk["volume"], capacity, backing, field)
         seed = plan.wanted["seed"]
         if seed:
             pool = storage.pool_by_name(self.conn, seed["pool"], "seed_pool")
             old_seed = plan.current["seed"] if plan.current else None
             if storage.volume(pool, seed["volume"]) is None or old_seed != seed:
-                self.reconciler.act("write NoCloud seed %s/%s" % (seed["pool"], seed["volume"]),
-                                    lambda: storage.upload(self.conn, pool, seed["volume"],
-                                                           build_seed(plan.seed_content), "cloud_init"))
+                reconciler.act("write NoCloud seed %s/%s" % (seed["pool"], seed["volume"]),
+                               lambda: storage.upload(self.conn, pool, seed["volume"],
+                                                      build_seed(plan.seed_content), "cloud_init"))
 
-    def _converge_autostart(self, plan):
+    def _converge_autostart(self, plan, reconciler):
         want = plan.wanted["autostart"]
         have = plan.current["autostart"] if plan.current else False
         if want != have:
-            self.reconciler.act("%s autostart of VM %s" % ("enable" if want else "disable", plan.name),
-                                lambda: plan.dom.setAutostart(int(want)))
+            reconciler.act("%s autostart of VM %s" % ("enable" if want else "disable", plan.name),
+                           lambda: plan.dom.setAutostart(int(want)))  # plan.dom is set by then
 
-    def _converge_run_state(self, plan):
+    def _converge_run_state(self, plan, reconciler):
         if plan.state == "present":
             return
         # In check mode a VM that would be defined has no domain yet: it counts as shut off.
         now = run_state(plan.dom) if plan.dom is not None else "shutoff"
         name = plan.name
+
+        def domain_call(method, *args):
+            # Looked up when run: in check mode a VM that would be defined has no domain object.
+            return lambda: getattr(plan.dom, method)(*args)
+
         with libvirt_errors("changing the run state of VM %s" % name, "state"):
             if plan.state == "running":
                 if now == "shutoff":
-                    self.reconciler.act("start VM %s" % name, lambda: plan.dom.create())
+                    reconciler.act("start VM %s" % name, domain_call("create"))
                 elif now == "paused":
-                    self.reconciler.act("resume VM %s" % name, lambda: plan.dom.resume())
+                    reconciler.act("resume VM %s" % name, domain_call("resume"))
             elif plan.state == "paused":
                 if now == "shutoff":
-                    self.reconciler.act("start VM %s paused" % name,
-                                        lambda: plan.dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED))
+                    reconciler.act("start VM %s paused" % name,
+                                   domain_call("createWithFlags", libvirt.VIR_DOMAIN_START_PAUSED))
                 elif now == "running":
-                    self.reconciler.act("pause VM %s" % name, lambda: plan.dom.suspend())
+                    reconciler.act("pause VM %s" % name, domain_call("suspend"))
             elif plan.state == "shutdown" and now != "shutoff":
-                self.reconciler.act("shut down VM %s" % name, self._shutdown, plan)
+                reconciler.act("shut down VM %s" % name, self._shutdown, plan)
 
     def _shutdown(self, plan):
         dom, params = plan.dom, plan.params
@@ -276,7 +303,7 @@ class VmLifecycle:
 
     # ------------------------------------------------------------ removing
 
-    def _remove(self, plan):
+    def _remove(self, plan, reconciler):
         name = plan.name
         owned = set()
         if plan.current is not None:
@@ -288,10 +315,10 @@ class VmLifecycle:
         if plan.dom is not None:
             with libvirt_errors("removing VM %s" % name, "state"):
                 if plan.dom.isActive():
-                    self.reconciler.act("power off VM %s" % name, plan.dom.destroy)
+                    reconciler.act("power off VM %s" % name, plan.dom.destroy)
                 flags = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                          | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
-                self.reconciler.act("undefine VM %s" % name, plan.dom.undefineFlags, flags)
+                reconciler.act("undefine VM %s" % name, plan.dom.undefineFlags, flags)
         # Also volumes left by an earlier run that stopped half-way (the domain already gone).
         owned.update(self._orphaned_volumes(name))
         for pool_name, vol_name in sorted(owned):
@@ -300,7 +327,7 @@ class VmLifecycle:
                 continue
             vol = storage.volume(pool, vol_name)
             if vol is not None:
-                self.reconciler.act("delete volume %s/%s" % (pool_name, vol_name), storage.delete, vol, "state")
+                reconciler.act("delete volume %s/%s" % (pool_name, vol_name), storage.delete, vol, "state")
 
     def _orphaned_volumes(self, name):
         pattern = owned_volume_pattern(name)

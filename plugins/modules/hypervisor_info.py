@@ -16,7 +16,7 @@ description:
   - C(virt_type) is C(kvm) only when libvirt offers KVM and, on a local host, the CPU has VT-x or
     AMD-V; sandboxes that expose C(/dev/kvm) without them get C(qemu).
 author:
-  - skygrid.fabric contributors
+  - skygrid.fabric contributors (@skygrid)
 requirements:
   - libvirt-python (or the distribution's python3-libvirt) on the hypervisor
 attributes:

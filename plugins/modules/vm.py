@@ -12,7 +12,7 @@ short_description: Declarative libvirt VMs for VO workloads on grid worker nodes
 version_added: "0.1.0"
 description:
   - Creates, updates, starts, pauses, shuts down and removes libvirt/QEMU virtual machines from a
-    declarative spec (not raw XML): vCPUs, memory, copy-on-write overlay disks on staged VO base
+    declarative spec (not raw XML) - vCPUs, memory, copy-on-write overlay disks on staged VO base
     images, NICs with anti-spoofing filters, a cloud-init NoCloud seed, and provenance metadata.
   - A changed spec updates the persistent definition in place (UUID and MAC addresses are kept) and
     reports O(ignore:restart_required) when the running VM does not have it yet.
@@ -20,7 +20,7 @@ description:
   - Before any change, every VM in the call is checked against the host (sizes, pools, base volumes,
     networks), so a mistake in one item changes nothing.
 author:
-  - skygrid.fabric contributors
+  - skygrid.fabric contributors (@skygrid)
 requirements:
   - libvirt-python (or the distribution's python3-libvirt) on the hypervisor
   - genisoimage, mkisofs or xorriso on the hypervisor when O(cloud_init) is used
@@ -200,6 +200,13 @@ options:
     description: With O(state=shutdown), power the VM off when the guest has not shut down in time.
     type: bool
     default: false
+  parallel:
+    description:
+      - How many VMs of O(vms) are changed at the same time (starting a VM is dominated by QEMU's
+        own start-up, which overlaps well). V(1) changes them one after the other.
+      - Results, actions and the diff are always reported in the order of O(vms).
+    type: int
+    default: 4
 notes:
   - All VMs of one call share one libvirt connection.
 seealso:
@@ -318,7 +325,8 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.vm_lifecycle import
 
 class VmModule(FabricModule):
     argument_spec = dict(VM_OPTIONS, uri=dict(type="str", default="qemu:///system"),
-                         vms=dict(type="list", elements="dict"))
+                         vms=dict(type="list", elements="dict"),
+                         parallel=dict(type="int", default=4))
     module_kwargs = dict(mutually_exclusive=[("name", "vms")], required_one_of=[("name", "vms")])
 
     def run(self):
@@ -326,7 +334,7 @@ class VmModule(FabricModule):
         with connection(self.params["uri"]) as conn:
             lifecycle = VmLifecycle(conn, self.params["uri"], self.reconciler)
             plans = [lifecycle.plan(item) for item in items]
-            results = [lifecycle.apply(plan) for plan in plans]
+            results = lifecycle.apply_all(plans, workers=self.params["parallel"])
         summary = {"restart_required": any(result["restart_required"] for result in results)}
         if self.params.get("vms"):
             summary["vms"] = results

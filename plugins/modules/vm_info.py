@@ -16,7 +16,7 @@ description:
     M(skygrid.fabric.vm) keeps (VO, trust class, image id and sha512).
   - Answers "which image, of which VO, endorsed by whom, runs on this host".
 author:
-  - skygrid.fabric contributors
+  - skygrid.fabric contributors (@skygrid)
 requirements:
   - libvirt-python (or the distribution's python3-libvirt) on the hypervisor
 attributes:

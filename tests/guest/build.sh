@@ -57,20 +57,20 @@ trap 'rm -rf "$TMP"' EXIT
 # --- fetch and unpack the kernel package (never installed into /boot) ---------------------
 DEB_DIR=$OUT/debs
 mkdir -p "$DEB_DIR"
-DEB=$(ls "$DEB_DIR/${KPKG}_${KVER_PKG//:/%3a}_"*.deb 2>/dev/null | head -n1 || true)
+DEB=$(find "$DEB_DIR" -maxdepth 1 -name "${KPKG}_${KVER_PKG//:/%3a}_*.deb" | head -n1)
 if [[ -z $DEB ]]; then
   say "downloading $KPKG=$KVER_PKG"
   rm -f "$DEB_DIR"/*.deb
   (cd "$TMP" && apt-get download -q -o APT::Sandbox::User=root "$KPKG=$KVER_PKG" >/dev/null) ||
     die "apt-get download $KPKG=$KVER_PKG failed"
   mv "$TMP"/*.deb "$DEB_DIR/"
-  DEB=$(ls "$DEB_DIR"/*.deb | head -n1)
+  DEB=$(find "$DEB_DIR" -maxdepth 1 -name '*.deb' | head -n1)
 else
   say "using cached $(basename "$DEB")"
 fi
 say "unpacking $(basename "$DEB")"
 dpkg-deb -x "$DEB" "$TMP/kernel"
-VMLINUZ=$(ls "$TMP"/kernel/boot/vmlinuz-* | head -n1)
+VMLINUZ=$(find "$TMP/kernel/boot" -maxdepth 1 -name 'vmlinuz-*' | head -n1)
 KREL=${VMLINUZ##*/vmlinuz-}
 MODDIR=$TMP/kernel/lib/modules/$KREL
 [[ -d $MODDIR ]] || die "no lib/modules/$KREL in $KPKG"

@@ -28,7 +28,7 @@ def full_params(**over):
 
 
 def test_round_trip_keeps_every_managed_field():
-    spec, _seed = vm_spec.normalise(full_params())
+    spec = vm_spec.normalise(full_params())[0]
     back = vm_spec.from_xml(vm_spec.to_xml(spec, uuid="0b7c2f7e-8d7a-4b1e-9a41-2f1e5f3c9d10"))
     assert vm_spec.differences(dict(spec), back) == []
     assert back["disks"][0] == {"target": "vda", "pool": "images", "volume": "wn1-atlas-1-vda.qcow2",
@@ -40,7 +40,7 @@ def test_round_trip_keeps_every_managed_field():
 
 
 def test_xml_places_seed_after_disks_and_filters_ip():
-    spec, _ = vm_spec.normalise(full_params())
+    spec = vm_spec.normalise(full_params())[0]
     xml = vm_spec.to_xml(spec)
     assert "<target dev=\"vdd\" bus=\"virtio\" /><readonly />" in xml  # seed after three disks
     assert "<filterref filter=\"clean-traffic\"><parameter name=\"IP\" value=\"10.0.0.5\" />" in xml
@@ -48,44 +48,44 @@ def test_xml_places_seed_after_disks_and_filters_ip():
 
 
 def test_mac_is_kept_from_existing_and_derived_stably():
-    spec, _ = vm_spec.normalise(full_params(nics=[{"network": "n"}, {"network": "n"}]))
-    again, _ = vm_spec.normalise(full_params(nics=[{"network": "n"}, {"network": "n"}]))
+    spec = vm_spec.normalise(full_params(nics=[{"network": "n"}, {"network": "n"}]))[0]
+    again = vm_spec.normalise(full_params(nics=[{"network": "n"}, {"network": "n"}]))[0]
     assert [n["mac"] for n in spec["nics"]] == [n["mac"] for n in again["nics"]]
     assert spec["nics"][0]["mac"] != spec["nics"][1]["mac"]
     assert spec["nics"][0]["mac"].startswith("52:54:00:")
     existing = {"nics": [{"mac": "52:54:00:01:02:03"}]}
-    kept, _ = vm_spec.normalise(full_params(nics=[{"network": "n"}]), existing=existing)
+    kept = vm_spec.normalise(full_params(nics=[{"network": "n"}]), existing=existing)[0]
     assert kept["nics"][0]["mac"] == "52:54:00:01:02:03"
 
 
 def test_no_filter_without_ip_and_explicit_none():
-    spec, _ = vm_spec.normalise(full_params(nics=[{"network": "n"}, {"network": "n", "ip": "10.0.0.9", "filter": "none"}]))
+    spec = vm_spec.normalise(full_params(nics=[{"network": "n"}, {"network": "n", "ip": "10.0.0.9", "filter": "none"}]))[0]
     assert spec["nics"][0]["filter"] is None and spec["nics"][1]["filter"] is None
 
 
 def test_differences_names_changed_keys_only():
-    spec, _ = vm_spec.normalise(full_params())
+    spec = vm_spec.normalise(full_params())[0]
     actual = vm_spec.from_xml(vm_spec.to_xml(spec))
-    wanted, _ = vm_spec.normalise(full_params(vcpus=4, metadata={"vo": "lhcb"}))
+    wanted = vm_spec.normalise(full_params(vcpus=4, metadata={"vo": "lhcb"}))[0]
     assert sorted(vm_spec.differences(wanted, actual)) == ["metadata", "vcpus"]
 
 
 def test_machine_alias_and_default_cpu_mode_are_not_changes():
-    spec, _ = vm_spec.normalise(full_params())
+    spec = vm_spec.normalise(full_params())[0]
     actual = vm_spec.from_xml(vm_spec.to_xml(spec))
     actual["machine"] = "pc-i440fx-7.2"
     actual["cpu_mode"] = "custom"
     assert vm_spec.differences(spec, actual) == []
     assert spec["machine"] == "pc-i440fx-7.2"  # the diff then shows no phantom change
-    wanted, _ = vm_spec.normalise(full_params(machine="q35"))
+    wanted = vm_spec.normalise(full_params(machine="q35"))[0]
     assert vm_spec.differences(wanted, actual) == ["machine"]
 
 
 def test_seed_digest_follows_content():
-    one, _ = vm_spec.normalise(full_params())
-    two, _ = vm_spec.normalise(full_params(cloud_init={"user_data": {"runcmd": ["false"]}}))
+    one = vm_spec.normalise(full_params())[0]
+    two = vm_spec.normalise(full_params(cloud_init={"user_data": {"runcmd": ["false"]}}))[0]
     assert one["seed"]["sha256"] != two["seed"]["sha256"]
-    _, seed = vm_spec.normalise(full_params(cloud_init={"user_data": "#cloud-config\n{}\n"}))
+    seed = vm_spec.normalise(full_params(cloud_init={"user_data": "#cloud-config\n{}\n"}))[1]
     assert '"instance-id": "wn1-atlas-1"' in seed["meta_data"]
 
 
