@@ -72,8 +72,7 @@ start_daemons_plain() {
   else
     say "starting virtlogd"
     virtlogd -d
-    local i
-    for i in $(seq 50); do [[ -n $(virtlogd_pid) ]] && break; sleep 0.1; done
+    for _ in $(seq 50); do [[ -n $(virtlogd_pid) ]] && break; sleep 0.1; done
     [[ -n $(virtlogd_pid) ]] || die "virtlogd did not start"
     virtlogd_pid >"$STATE_DIR/virtlogd.pid"
   fi

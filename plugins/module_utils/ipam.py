@@ -683,7 +683,8 @@ class _Transaction:
         if stored is None:
             description = "record the definition of pool %s (%s)" % (name, wanted["cidr"])
         else:
-            changes = ["%s %s -> %s" % (key, json.dumps(stored.get(key)), json.dumps(wanted.get(key)))
+            changes = ["%s %s -> %s" % (key, json.dumps(stored.get(key), sort_keys=True),
+                                        json.dumps(wanted.get(key), sort_keys=True))
                        for key in sorted(set(stored) | set(wanted)) if stored.get(key) != wanted.get(key)]
             description = "update the definition of pool %s: %s" % (name, ", ".join(changes))
         return (description, self._write,

@@ -133,7 +133,7 @@ def test_changed_definition_is_reported_with_a_warning(db):
     result = ok(lease(db, pools=moved, owner="new", diff=True))
     assert [(item["owner"], item["reasons"]) for item in result["stale"]] == [
         ("wn0", ["outside the range 10.20.0.11-10.20.3.254"])]
-    assert any("no longer fit its definition" in warning for warning in result["warnings"])
+    assert any("no longer fit its definition" in str(warning) for warning in result["warnings"])
     assert result["diff"]["after"]["pool vmnet"]["range"]["start"] == "10.20.0.11"
     refused = lease(db, pools=moved, owner="wn0")
     assert refused.failed and refused["field"] == "owner" and refused["stale"][0]["ip"] == "10.20.0.10"
