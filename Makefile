@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/collections
 
-.PHONY: demo demo-clean test deps testbed guest lint sanity unit integration bench build clean
+.PHONY: demo demo-clean test deps testbed guest lint sanity unit integration molecule bench build clean
 
 deps:
 	scripts/install-deps.sh
@@ -31,6 +31,7 @@ test: deps
 	$(MAKE) unit
 	$(MAKE) testbed guest
 	$(MAKE) integration
+	$(MAKE) molecule
 
 lint:
 	scripts/lint.sh
@@ -44,6 +45,9 @@ unit:
 
 integration:
 	pytest -q tests/integration
+
+molecule:
+	molecule test -s hypervisor
 
 bench: testbed
 	python bench/vm_lifecycle/run.py --json .cache/bench/vm_lifecycle.json
