@@ -1,0 +1,65 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, skygrid.fabric contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: slot_plan
+short_description: Plan the VM slots of one hypervisor from its free capacity and the VOs' shares
+version_added: "0.1.0"
+description:
+  - Splits the cores and memory a hypervisor has for VMs between the VOs, by their shares and VM sizes.
+  - Each VO first gets the whole VMs its share allows; what is left goes, one VM at a time, to the VO
+    furthest below its share that still fits.
+  - Deterministic - the same inputs give the same slots, named C(<host>-<vo>-<n>), every run.
+author:
+  - skygrid.fabric contributors (@skygrid)
+options:
+  _input:
+    description: The hypervisor's inventory name.
+    type: str
+    required: true
+  cores:
+    description: Cores free for VMs (after the host's reservation).
+    type: int
+    required: true
+  memory_mb:
+    description: Memory in MiB free for VMs.
+    type: int
+    required: true
+  vos:
+    description: The site's VOs, C({name - {share (percent), vm - {vcpus, memory_mb}, max_slots_per_host}}).
+    type: dict
+    required: true
+"""
+
+EXAMPLES = r"""
+- name: Plan this worker node's slots
+  ansible.builtin.set_fact:
+    fabric_slots: "{{ inventory_hostname | skygrid.fabric.slot_plan(cores=30, memory_mb=120000, vos=fabric_vos) }}"
+"""
+
+RETURN = r"""
+_value:
+  description: The slots, each C({name, host, vo, index, vcpus, memory_mb}), grouped by VO in name order.
+  type: list
+  elements: dict
+"""
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
+from ansible_collections.skygrid.fabric.plugins.module_utils.slots import plan_slots
+
+
+def slot_plan(host, cores, memory_mb, vos):
+    try:
+        return plan_slots(host, cores, memory_mb, vos)
+    except FabricError as exc:
+        raise AnsibleFilterError("slot_plan: %s" % exc)
+
+
+class FilterModule:
+    def filters(self):
+        return {"slot_plan": slot_plan}

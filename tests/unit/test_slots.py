@@ -1,0 +1,59 @@
+"""Slot planning: shares, sizes, leftovers, limits, determinism, errors."""
+
+import pytest
+
+from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
+from ansible_collections.skygrid.fabric.plugins.module_utils.slots import plan_slots
+
+VOS = {"atlas": {"share": 60, "vm": {"vcpus": 2, "memory_mb": 4096}},
+       "lhcb": {"share": 40, "vm": {"vcpus": 1, "memory_mb": 2048}}}
+
+
+def by_vo(slots):
+    counts = {}
+    for slot in slots:
+        counts[slot["vo"]] = counts.get(slot["vo"], 0) + 1
+    return counts
+
+
+def test_split_by_share_and_names():
+    slots = plan_slots("wn1", 10, 64000, VOS)
+    assert by_vo(slots) == {"atlas": 3, "lhcb": 4}
+    assert [s["name"] for s in slots][:2] == ["wn1-atlas-1", "wn1-atlas-2"]
+    assert sum(s["vcpus"] for s in slots) <= 10
+
+
+def test_deterministic():
+    assert plan_slots("wn1", 30, 120000, VOS) == plan_slots("wn1", 30, 120000, dict(reversed(list(VOS.items()))))
+
+
+def test_memory_bounds_the_plan():
+    slots = plan_slots("wn1", 64, 8192, VOS)
+    assert sum(s["memory_mb"] for s in slots) <= 8192 and slots
+
+
+def test_leftover_goes_to_the_most_under_served():
+    slots = plan_slots("wn1", 3, 64000, {"atlas": {"share": 50, "vm": {"vcpus": 2, "memory_mb": 1024}},
+                                         "lhcb": {"share": 50, "vm": {"vcpus": 2, "memory_mb": 1024}}})
+    assert by_vo(slots) == {"atlas": 1}  # only one 2-core VM fits; ties go to name order
+
+
+def test_limits_and_zero_share():
+    vos = dict(VOS, alice={"share": 0, "vm": {"vcpus": 1, "memory_mb": 1024}})
+    vos["lhcb"] = dict(vos["lhcb"], max_slots_per_host=1)
+    assert by_vo(plan_slots("wn1", 10, 64000, vos)) == {"atlas": 3, "lhcb": 1}
+
+
+def test_small_host_gets_nothing_rather_than_overcommit():
+    assert plan_slots("wn1", 1, 64000, {"atlas": {"share": 100, "vm": {"vcpus": 2, "memory_mb": 1024}}}) == []
+
+
+@pytest.mark.parametrize("vos, field", [
+    ({"atlas": {"share": 70}, "lhcb": {"share": 40}}, "fabric_vos"),
+    ({"atlas": {"share": "lots"}}, "fabric_vos.atlas.share"),
+    ({"atlas": {"share": 10, "vm": {"vcpus": 0}}}, "fabric_vos.atlas.vm"),
+])
+def test_errors(vos, field):
+    with pytest.raises(FabricError) as err:
+        plan_slots("wn1", 8, 8000, vos)
+    assert err.value.field == field
