@@ -10,6 +10,7 @@ removes them, recording each change with the Reconciler (which skips it in check
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,15 @@ def run_state(dom):
 def owned_volume_pattern(name):
     """Volume names this module creates for VM ``name``: its overlays and its seed."""
     return re.compile(r"^%s-(vd[a-z]+\.qcow2|cidata\.iso)$" % re.escape(name))
+
+
+def _as_running(spec):
+    """What a running VM has to match: its disks by target and volume file name, since a running
+    domain may name a disk by its file (after a migration) where the definition names pool/volume."""
+    spec = dict(spec)
+    spec["disks"] = [(disk["target"], disk["format"], disk["readonly"], os.path.basename(disk["volume"] or ""))
+                     for disk in spec["disks"]]
+    return spec
 
 
 class Plan:
@@ -296,10 +306,9 @@ class VmLifecycle:
     def _restart_required(self, plan):
         if plan.dom is None or not plan.dom.isActive():
             return False
-        live = vm_spec.from_xml(plan.dom.XMLDesc(0))
-        wanted = dict(plan.wanted)
-        wanted.pop("autostart", None)
-        return bool([key for key in vm_spec.differences(wanted, live) if key != "metadata"])
+        live = _as_running(vm_spec.from_xml(plan.dom.XMLDesc(0)))
+        wanted = _as_running(plan.wanted)
+        return bool([key for key in vm_spec.differences(wanted, live) if key not in ("metadata", "autostart")])
 
     # ------------------------------------------------------------ removing
 

@@ -26,7 +26,10 @@ def _addresses(dom):
 
 
 def describe(dom):
-    spec = vm_spec.from_xml(dom.XMLDesc(0))
+    # The definition names disks by pool/volume; a running domain may name them by file (after a
+    # migration), so report the definition where there is one.
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE if dom.isPersistent() else 0
+    spec = vm_spec.from_xml(dom.XMLDesc(flags))
     addresses = _addresses(dom)
     nics = []
     for nic in spec["nics"]:

@@ -207,6 +207,31 @@ options:
       - Results, actions and the diff are always reported in the order of O(vms).
     type: int
     default: 4
+  migrate_to:
+    description:
+      - Live-migrate the running VM O(name) to the hypervisor at this libvirt URI (for example
+        C(qemu+ssh://wn043/system) or C(qemu+tls://wn043/system)) and make it persistent there.
+      - Only O(name), O(uri) and the C(migrate_*) options apply; the spec is not changed.
+      - A VM already running on the destination is V(changed=false).
+      - The VM's own volumes (overlays, seed) stay where both hosts share them (the destination has a
+        volume of that name in the pool of that name); otherwise the overlay is created there on the
+        same base image, which must be staged on both hosts, its blocks are copied during the move,
+        and the source's copies are deleted afterwards.
+    type: str
+  migrate_uri:
+    description: Address the migration data goes to (for example C(tcp://10.254.0.2) on a migration network).
+    type: str
+  migrate_timeout:
+    description: Seconds a migration may take; then it is aborted and the VM keeps running on the source.
+    type: int
+    default: 600
+  migrate_copy_storage:
+    description:
+      - V(auto) copies the VM's own volumes the destination does not have; V(always) copies them and
+        refuses when the destination already has one; V(never) requires shared storage.
+    type: str
+    choices: [auto, always, never]
+    default: auto
 notes:
   - All VMs of one call share one libvirt connection.
 seealso:
@@ -257,6 +282,12 @@ EXAMPLES = r"""
     shutdown_timeout: 120
     force: true
 
+- name: Move the VM to another worker node, copying its overlay
+  skygrid.fabric.vm:
+    name: wn042-atlas-1
+    migrate_to: qemu+ssh://wn043.example.org/system
+  register: moved
+
 - name: Remove the VM with its overlay and seed
   skygrid.fabric.vm:
     name: wn042-atlas-1
@@ -306,6 +337,25 @@ vms:
   returned: when O(vms) is used
   type: list
   elements: dict
+migration:
+  description: The outcome of O(migrate_to).
+  returned: when O(migrate_to) is used
+  type: dict
+  contains:
+    migrated:
+      description: Whether the VM was (or, in check mode, would be) moved.
+      type: bool
+    already_there:
+      description: The VM already ran on the destination.
+      type: bool
+    seconds:
+      description: How long the migration took.
+      type: float
+    copied_disks:
+      description: Disk targets whose blocks were copied.
+      type: list
+      elements: str
+  sample: {name: wn042-atlas-1, migrated: true, destination: qemu+ssh://wn043.example.org/system, seconds: 4.2, copied_disks: [vda]}
 restart_required:
   description: True when any VM of the call needs a restart to run its new definition.
   returned: always
@@ -321,15 +371,23 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection 
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm_args import VM_OPTIONS, vm_items
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm_lifecycle import VmLifecycle
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm_migration import COPY_MODES, Migration
 
 
 class VmModule(FabricModule):
     argument_spec = dict(VM_OPTIONS, uri=dict(type="str", default="qemu:///system"),
                          vms=dict(type="list", elements="dict"),
-                         parallel=dict(type="int", default=4))
-    module_kwargs = dict(mutually_exclusive=[("name", "vms")], required_one_of=[("name", "vms")])
+                         parallel=dict(type="int", default=4),
+                         migrate_to=dict(type="str"),
+                         migrate_uri=dict(type="str"),
+                         migrate_timeout=dict(type="int", default=600),
+                         migrate_copy_storage=dict(type="str", default="auto", choices=list(COPY_MODES)))
+    module_kwargs = dict(mutually_exclusive=[("name", "vms"), ("migrate_to", "vms")],
+                         required_one_of=[("name", "vms")])
 
     def run(self):
+        if self.params["migrate_to"]:
+            return self._migrate()
         items = vm_items(self.params)
         with connection(self.params["uri"]) as conn:
             lifecycle = VmLifecycle(conn, self.params["uri"], self.reconciler)
@@ -341,6 +399,13 @@ class VmModule(FabricModule):
         else:
             summary["vm"] = results[0]
         return summary
+
+
+    def _migrate(self):
+        with connection(self.params["uri"]) as src, connection(self.params["migrate_to"]) as dst:
+            result = Migration(src, dst, self.params["migrate_to"], self.params, self.reconciler).run(self.params["name"])
+        result["changed"] = self.reconciler.changed
+        return {"migration": result, "restart_required": False}
 
 
 def main():
