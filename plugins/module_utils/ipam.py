@@ -10,9 +10,15 @@ Plain Python (no Ansible import): the ``ip_lease`` module is a thin wrapper arou
 Safety under concurrent runs rests on SQLite itself: the database is in WAL mode, every call is
 one ``BEGIN IMMEDIATE`` transaction (one writer at a time, waiting up to a busy timeout), and the
 schema has UNIQUE(pool, ip), UNIQUE(pool, mac) and UNIQUE(pool, owner), so even a bug here could
-not store a duplicate. Within a transaction the used addresses of a pool are read once; the lowest
-free address is then found with a cursor that only moves forward (backwards on a release), so a
-call that allocates N leases in a pool of L leases costs O(L + N), not O(N * L).
+not store a duplicate. Writers queue for that lock on a flock of ``<db>.lock`` (see WriterQueue):
+fairer and cheaper than SQLite's sleep-and-retry, but never needed for correctness.
+
+Inside the lock a call does only what it needs: the requested owners are looked up by index; the
+lowest free address is found from a stored per-pool hint (every address below it is taken), reading
+only the leases above the hint, with a cursor that moves forward (backwards on a release); a
+candidate MAC is checked by index. So allocating N leases costs about O(N) however full the pool
+is, never O(N * L). Reports over the whole pool (stale leases, usage) use index range counts after
+the commit, outside the lock.
 
 Check mode: each write is described to the caller's reconciler (``act(description, func, ...)``),
 which runs it only outside check mode. The plan is made in memory first, so check mode reports
@@ -22,14 +28,18 @@ exactly the addresses a real run would hand out, and a failing call changes noth
 from __future__ import annotations
 
 import bisect
+import errno
+import fcntl
 import hashlib
 import ipaddress
 import json
 import os
 import re
+import signal
 import socket
 import sqlite3
 import tempfile
+import threading
 import time
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
@@ -60,17 +70,29 @@ SCHEMA = (
         definition TEXT NOT NULL,
         updated REAL NOT NULL
     )""",
+    # ipkey: the address as 32 hex digits, so that text order is address order (an index range scan
+    # finds the leases above an address, IPv4 and IPv6 alike).
     """CREATE TABLE IF NOT EXISTS leases (
         pool TEXT NOT NULL,
         owner TEXT NOT NULL,
         ip TEXT NOT NULL,
+        ipkey TEXT NOT NULL,
         mac TEXT NOT NULL,
         created REAL NOT NULL,
         UNIQUE (pool, ip),
         UNIQUE (pool, mac),
         UNIQUE (pool, owner)
     )""",
+    "CREATE INDEX IF NOT EXISTS leases_key ON leases (pool, ipkey)",
     "CREATE INDEX IF NOT EXISTS leases_mac ON leases (mac)",
+    # next: every address of the pool below it that may be handed out is leased (valid for the
+    # definition whose fingerprint is stored with it), so the search for the lowest free address
+    # starts there instead of reading every lease of the pool.
+    """CREATE TABLE IF NOT EXISTS hints (
+        pool TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        next TEXT NOT NULL
+    )""",
 )
 
 
@@ -168,7 +190,7 @@ class Pool:
         if self.gateway is not None:
             excluded.append((self.gateway, self.gateway))
         self._excluded = _merge(excluded, self.first, self.last)
-        self._excluded_starts = [start for start, _ in self._excluded]
+        self._excluded_starts = [interval[0] for interval in self._excluded]
         self.size = (self.last - self.first + 1) - sum(end - start + 1 for start, end in self._excluded)
         if self.size <= 0:
             raise FabricError("pool '%s' has no address to hand out: its range %s is all gateway and reserved "
@@ -193,7 +215,7 @@ class Pool:
                                   "'10.20.0.0/24'" % (cidr, exc), field=field)
             raise FabricError("'%s' has host bits set; the subnet is '%s'" % (cidr, suggestion), field=field)
 
-    def _address(self, value, field, what="address"):
+    def _address(self, value, field, what="address", special_ok=False):
         try:
             address = ipaddress.ip_address(str(value).strip())
         except ValueError:
@@ -201,7 +223,7 @@ class Pool:
         if address.version != self.version or address not in self.network:
             raise FabricError("%s %s is not in the pool's subnet %s" % (what, address, self.network), field=field)
         number = int(address)
-        if number in self._special:
+        if number in self._special and not special_ok:
             raise FabricError("%s %s is the %s address of %s and cannot be a host's"
                               % (what, address, self._special_name(number), self.network), field=field)
         return number
@@ -238,8 +260,8 @@ class Pool:
             text = str(item).strip()
             if "-" in text:
                 low, high = (part.strip() for part in text.split("-", 1))
-                start = self._address(low, item_field, what="reserved address")
-                end = self._address(high, item_field, what="reserved address")
+                start = self._address(low, item_field, what="reserved address", special_ok=True)
+                end = self._address(high, item_field, what="reserved address", special_ok=True)
                 if start > end:
                     raise FabricError("range '%s' ends before it starts" % text, field=item_field)
             elif "/" in text:
@@ -252,7 +274,7 @@ class Pool:
                                       field=item_field)
                 start, end = int(subnet.network_address), int(subnet.broadcast_address)
             else:
-                start = end = self._address(text, item_field, what="reserved address")
+                start = end = self._address(text, item_field, what="reserved address", special_ok=True)
             intervals.append((start, end))
         return intervals
 
@@ -261,14 +283,30 @@ class Pool:
         return str(self._address_class(number))
 
     def number(self, text):
-        """The integer of a stored address string, or None when it is not of this pool's IP version."""
+        """The integer of an address string, or None when it is not of this pool's IP version."""
         try:
             return int.from_bytes(socket.inet_pton(self.family, text), "big")
         except (OSError, ValueError):
             return None
 
+    def stored_number(self, ip, ipkey):
+        """The integer of a stored lease's address (from its key), or None when it is of the other IP version."""
+        return int(ipkey, 16) if (":" in ip) == (self.version == 6) else None
+
+    def fingerprint(self):
+        """Identifies what the lowest-free search depends on: the range and the excluded addresses."""
+        return hashlib.sha256(json.dumps([self.version, self.first, self.last, self._excluded]).encode()).hexdigest()
+
     def range_text(self):
         return "%s-%s" % (self.text(self.first), self.text(self.last))
+
+    def excluded_intervals(self):
+        """The gateway and reserved addresses inside the range, as merged (first, last) intervals."""
+        return list(self._excluded)
+
+    def allocatable(self, number):
+        """Whether the pool may hand out this address (in the range, not the gateway, not reserved)."""
+        return number is not None and self.first <= number <= self.last and self.excluded_end(number) is None
 
     def excluded_end(self, number):
         """If ``number`` is the gateway or reserved, the last address of that excluded interval."""
@@ -331,6 +369,10 @@ def parse_pools(definitions):
         raise FabricError("a dict of pool name -> definition (cidr, range, gateway, reserved, dns_domain, "
                           "mac_prefix)", field="pools")
     return {name: Pool(name, definition) for name, definition in definitions.items()}
+
+
+def ipkey(number):
+    return "%032x" % number
 
 
 def derive_mac(prefix, pool, owner, attempt=0):
@@ -442,13 +484,16 @@ class LeaseStore:
                            "forgotten)" % (self.path, detail), field="db", path=self.path)
 
     def sqlite_error(self, exc, doing):
+        """The FabricError for an sqlite3 error; other errors (a misuse of the API: a bug) come back as they are."""
         if _is_busy(exc):
             return FabricError("%s stayed locked by another run for more than %.0f s while %s; raise 'timeout' or "
                                "look for a stuck process holding it" % (self.path, self.timeout, doing), field="db")
         if isinstance(exc, sqlite3.OperationalError):
             return FabricError("cannot use %s while %s: %s; check that the file and its directory exist and are "
                                "writable by this user" % (self.path, doing, exc), field="db")
-        return self.corrupt(str(exc))
+        if type(exc) is sqlite3.DatabaseError:  # pylint: disable=unidiomatic-typecheck
+            return self.corrupt(str(exc))  # SQLITE_CORRUPT, SQLITE_NOTADB: exactly this class
+        return exc
 
     # -- opening
     def exists(self):
@@ -541,6 +586,7 @@ class LeaseStore:
                     if not _is_busy(exc) or time.monotonic() > deadline:
                         raise
                     time.sleep(0.01)
+            WriterQueue(self.path, self.timeout).create()
             if str(mode).lower() != "wal":
                 raise FabricError("%s cannot be put in WAL mode (it stays in '%s' mode); put it on a local file "
                                   "system" % (self.path, mode), field="db")
@@ -568,6 +614,78 @@ class LeaseStore:
         return conn
 
 
+class _LockTimeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _LockTimeout()
+
+
+class WriterQueue:
+    """Where writers wait their turn: an exclusive flock on ``<db>.lock``, taken before BEGIN IMMEDIATE.
+
+    SQLite's own busy handler polls with a growing sleep (up to 100 ms), so under load a run that has
+    waited long loses the lock again and again to runs that just arrived. Waiting in flock costs no CPU
+    and every waiter is woken the moment the lock is free. The lock file is made with the database;
+    when it is missing, writers still serialise correctly through BEGIN IMMEDIATE, only less fairly."""
+
+    def __init__(self, db_path, timeout):
+        self.path = db_path + ".lock"
+        self.timeout = timeout
+        self.fd = None
+
+    def create(self):
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644))
+
+    def acquire(self):
+        """True when queued and now first (or when there is no lock file); False after the timeout."""
+        try:
+            self.fd = os.open(self.path, os.O_RDWR)
+        except OSError:
+            return True
+        if self._try():
+            return True
+        if threading.current_thread() is threading.main_thread():
+            acquired = False
+            previous = signal.signal(signal.SIGALRM, _on_alarm)
+            try:
+                try:
+                    signal.setitimer(signal.ITIMER_REAL, max(self.timeout, 0.001))
+                    fcntl.flock(self.fd, fcntl.LOCK_EX)
+                    acquired = True
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            except _LockTimeout:  # also when the alarm lands just as flock returns: then we let go
+                acquired = False
+            finally:
+                signal.signal(signal.SIGALRM, previous)
+            if acquired:
+                return True
+        else:  # signals are for the main thread only: poll
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline:
+                time.sleep(0.002)
+                if self._try():
+                    return True
+        self.release()
+        return False
+
+    def _try(self):
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            return False
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
 def _configure(conn):
     # FULL: a lease handed out must survive a power cut, or it could be handed out twice.
     conn.execute("PRAGMA synchronous = FULL")
@@ -575,29 +693,83 @@ def _configure(conn):
 
 # --------------------------------------------------------------------------------------------------
 # One call: a transaction with the in-memory state of the pools it touches
+#
+# Inside the write lock the work is kept to what the call needs: the requested owners are looked up
+# by index, the used addresses of a pool are read (once) only when the call allocates in it, and a
+# candidate MAC is checked by index. Reports over the whole pool (stale leases, usage) are made after
+# the commit, outside the lock.
+
+_CHUNK = 500  # owners per "IN (...)" query (old SQLite builds allow 999 parameters)
 
 
 class _PoolState:
-    """The leases of one pool as read at the start of the transaction, updated by the plan."""
+    """One pool during the transaction: what is known of its leases, and what this call changes.
 
-    def __init__(self, name, pool, rows):
+    Lowest-free search: ``cursor`` only ever has taken or excluded addresses below it. It starts at the
+    pool's stored hint (when that was made for the same range and exclusions), and ``used`` holds the
+    addresses in use from ``loaded_from`` up, read from the database only as far down as the cursor goes."""
+
+    def __init__(self, conn, name, pool, hint):
+        self.conn = conn
         self.name = name
         self.pool = pool
-        self.by_owner = {}
-        self.used = set()
-        for owner, ip, mac in rows:
-            number = pool.number(ip) if pool is not None else None
-            self.by_owner[owner] = (number, ip, mac)
-            if number is not None:
-                self.used.add(number)
-        self.cursor = pool.first if pool is not None else 0
-        self.in_use_at_start = len(self.by_owner)
+        self.known = {}        # owner -> (number, ip, mac), or None: looked up, holds no lease
+        self.used = set()      # numbers in use at or above loaded_from
+        self.loaded_from = None
+        self.released = set()  # numbers released by this call (still in the database until applied)
+        self.added = {}        # owner -> lease allocated by this call
+        self.removed = {}      # owner -> lease released by this call
         self.allocated = 0
+        self.cursor = pool.first if pool is not None else 0
+        if pool is not None and hint is not None and hint[0] == pool.fingerprint():
+            self.cursor = min(max(pool.first, int(hint[1], 16)), pool.last + 1)
+        self.start = self.cursor
+
+    def number(self, ip, key):
+        return self.pool.stored_number(ip, key) if self.pool is not None else None
+
+    def lookup(self, owners):
+        missing = [owner for owner in dict.fromkeys(owners) if owner not in self.known]
+        for index in range(0, len(missing), _CHUNK):
+            chunk = missing[index:index + _CHUNK]
+            found = {row[0]: row for row in self.conn.execute(
+                "SELECT owner, ip, mac, ipkey FROM leases WHERE pool = ? AND owner IN (%s)"
+                % ",".join("?" * len(chunk)), [self.name] + chunk)}
+            for owner in chunk:
+                row = found.get(owner)
+                self.known[owner] = (self.number(row[1], row[3]), row[1], row[2]) if row else None
+
+    def lease(self, owner):
+        if owner not in self.known:
+            self.lookup([owner])
+        return self.known[owner]
+
+    def _load(self):
+        """Read the used addresses from the cursor up to where ``used`` already covers."""
+        if self.loaded_from is None:
+            rows = self.conn.execute("SELECT ipkey FROM leases WHERE pool = ? AND ipkey >= ?",
+                                     (self.name, ipkey(self.cursor)))
+        else:
+            rows = self.conn.execute("SELECT ipkey FROM leases WHERE pool = ? AND ipkey >= ? AND ipkey < ?",
+                                     (self.name, ipkey(self.cursor), ipkey(self.loaded_from)))
+        self.used.update({int(row[0], 16) for row in rows} - self.released)
+        self.loaded_from = self.cursor
 
     def take(self):
-        """The lowest free address; every address below ``cursor`` is known to be taken."""
-        pool = self.pool
-        number, last, used = self.cursor, pool.last, self.used
+        """The lowest free address, or None when the pool is full."""
+        if self.loaded_from is None or self.cursor < self.loaded_from:
+            self._load()
+        number = self._skip(self.cursor)
+        if number > self.pool.last:
+            self.cursor = number
+            return None
+        self.cursor = number + 1
+        self.used.add(number)
+        return number
+
+    def _skip(self, number):
+        """The first address from ``number`` up that is neither used nor excluded (> last when none)."""
+        pool, last, used = self.pool, self.pool.last, self.used
         while number <= last:
             if number in used:
                 number += 1
@@ -606,38 +778,60 @@ class _PoolState:
             if end is None:
                 break
             number = end + 1
-        else:
-            self.cursor = number
-            return None
-        self.cursor = number + 1
-        used.add(number)
         return number
 
+    def add(self, owner, entry):
+        self.known[owner] = self.added[owner] = entry
+        self.removed.pop(owner, None)
+        self.allocated += 1
+
     def release(self, owner):
-        number, ip, mac = self.by_owner.pop(owner)
+        entry = self.known[owner]
+        number, ip, mac = entry
+        self.known[owner] = None
+        if self.added.pop(owner, None) is None:
+            self.removed[owner] = entry
         if number is not None:
+            self.released.add(number)
             self.used.discard(number)
             if self.pool is not None and self.pool.first <= number < self.cursor:
                 self.cursor = number
         return ip, mac
 
-    def in_use_allocatable(self):
-        pool = self.pool
-        return sum(1 for number, _, mac in self.by_owner.values()
-                   if number is not None and pool.first <= number <= pool.last and pool.excluded_end(number) is None)
+    def next_hint(self):
+        """The hint to store after this call, or None when it is unchanged."""
+        if self.pool is None:
+            return None
+        cursor = self.cursor
+        if self.loaded_from is not None and cursor >= self.loaded_from:
+            cursor = self._skip(cursor)  # move past the leases just above, which are known
+        if cursor == self.start:
+            return None
+        return (self.name, self.pool.fingerprint(), ipkey(cursor))
+
+    def all_leases(self):
+        """Every lease of the pool: owner -> (number, ip, mac), with this call's changes laid over what
+        the database holds (needed in check mode, where they are never written)."""
+        number = self.number
+        leases = {owner: (number(ip, key), ip, mac) for owner, ip, mac, key in
+                  self.conn.execute("SELECT owner, ip, mac, ipkey FROM leases WHERE pool = ?", (self.name,))}
+        for owner in self.removed:
+            leases.pop(owner, None)
+        leases.update(self.added)
+        return leases
 
 
 class _Transaction:
-    def __init__(self, conn, pools, reconciler, store):
+    def __init__(self, conn, pools, reconciler):
         self.conn = conn
         self.given = pools
         self.reconciler = reconciler
-        self.store = store
         self.states = {}
         self.stored_definitions = {}
-        self.used_macs = None
+        self.macs_added = set()
+        self.macs_released = set()
         self.dirty = False
-        self.ops = []  # (description, func, args, diff key, before, after)
+        self.ops = []  # (pool, description, func, args, diff key, before, after)
 
     # -- reads
     def stored_definition(self, name):
@@ -657,18 +851,22 @@ class _Transaction:
 
     def state(self, name):
         if name not in self.states:
-            rows = self.conn.execute("SELECT owner, ip, mac FROM leases WHERE pool = ?", (name,)).fetchall()
-            self.states[name] = _PoolState(name, self.pool(name), rows)
+            hint = self.conn.execute("SELECT fingerprint, next FROM hints WHERE pool = ?", (name,)).fetchone()
+            self.states[name] = _PoolState(self.conn, name, self.pool(name), hint)
         return self.states[name]
 
-    def macs(self):
-        if self.used_macs is None:
-            self.used_macs = {row[0] for row in self.conn.execute("SELECT mac FROM leases")}
-        return self.used_macs
+    def mac_taken(self, mac):
+        if mac in self.macs_added:
+            return True
+        if mac in self.macs_released:
+            return False
+        return self.conn.execute("SELECT 1 FROM leases WHERE mac = ? LIMIT 1", (mac,)).fetchone() is not None
 
     # -- writes (run through the reconciler)
-    def _write(self, sql, args):
+    def _write(self, sql, args, hint=None):
         self.conn.execute(sql, args)
+        if hint is not None:
+            self.conn.execute("INSERT OR REPLACE INTO hints (pool, fingerprint, next) VALUES (?, ?, ?)", hint)
         self.dirty = True
 
     def _definition_op(self, name):
@@ -687,25 +885,24 @@ class _Transaction:
                                         json.dumps(wanted.get(key), sort_keys=True))
                        for key in sorted(set(stored) | set(wanted)) if stored.get(key) != wanted.get(key)]
             description = "update the definition of pool %s: %s" % (name, ", ".join(changes))
-        return (description, self._write,
+        return (name, description, self._write,
                 ("INSERT OR REPLACE INTO pools (name, definition, updated) VALUES (?, ?, ?)",
                  (name, json.dumps(wanted, sort_keys=True), time.time())),
-                "pool %s" % name, stored, wanted, True)
+                "pool %s" % name, stored, wanted)
 
     def new_mac(self, pool, owner):
-        used = self.macs()
         free_octets = 6 - len(pool.mac_prefix.split(":"))
         space = 1 << (8 * free_octets)
-        for attempt in range(64):
+        for attempt in range(min(64, space)):
             mac = derive_mac(pool.mac_prefix, pool.name, owner, attempt)
-            if mac not in used:
+            if not self.mac_taken(mac):
                 return mac
         # A crowded small prefix: walk on from the first candidate (bounded by the size of the space).
         start = int(derive_mac(pool.mac_prefix, pool.name, owner).replace(":", "")[-2 * free_octets:], 16)
         for step in range(space):
             suffix = "%0*x" % (2 * free_octets, (start + step) % space)
             mac = pool.mac_prefix + ":" + ":".join(suffix[i:i + 2] for i in range(0, len(suffix), 2))
-            if mac not in used:
+            if not self.mac_taken(mac):
                 return mac
         raise FabricError("every MAC under the prefix %s is taken; give pool '%s' a shorter mac_prefix"
                           % (pool.mac_prefix, pool.name), field="pools.%s.mac_prefix" % pool.name)
@@ -713,7 +910,7 @@ class _Transaction:
     # -- planning
     def lease_view(self, name, owner, state="present"):
         st = self.state(name)
-        entry = st.by_owner.get(owner)
+        entry = st.lease(owner)
         pool = st.pool
         view = {"pool": name, "owner": owner, "state": state, "ip": None, "mac": None,
                 "fqdn": pool.fqdn(owner) if pool is not None else owner,
@@ -730,7 +927,7 @@ class _Transaction:
         if pool is None:
             raise FabricError("pool '%s' is not defined: give its definition in pools.%s (at least cidr)"
                               % (name, name), field="pools.%s" % name)
-        entry = st.by_owner.get(owner)
+        entry = st.lease(owner)
         if entry is not None:
             reasons = pool.problems(entry[0], entry[2])
             if reasons:
@@ -743,7 +940,7 @@ class _Transaction:
             return result
         number = st.take()
         if number is None:
-            in_use = st.in_use_at_start
+            in_use = self.conn.execute("SELECT COUNT(*) FROM leases WHERE pool = ?", (name,)).fetchone()[0]
             raise FabricError(
                 "pool '%s' is full: %d addresses to hand out (%s, less gateway and reserved), %d in use, and this "
                 "call asked for %d more; nothing was changed. Release leases (state: absent) or widen "
@@ -751,63 +948,46 @@ class _Transaction:
                 field="pools.%s" % name, pool=name, size=pool.size, in_use=in_use)
         ip = pool.text(number)
         mac = self.new_mac(pool, owner)
-        self.macs().add(mac)
-        st.by_owner[owner] = (number, ip, mac)
-        st.allocated += 1
+        self.macs_added.add(mac)
+        self.macs_released.discard(mac)
+        st.add(owner, (number, ip, mac))
         result = self.lease_view(name, owner)
-        self.ops.append(("allocate %s %s to %s in pool %s" % (ip, mac, owner, name), self._write,
-                         ("INSERT INTO leases (pool, owner, ip, mac, created) VALUES (?, ?, ?, ?, ?)",
-                          (name, owner, ip, mac, time.time())),
-                         "%s/%s" % (name, owner), None, _diff_view(result), True))
+        self.ops.append((name, "allocate %s %s to %s in pool %s" % (ip, mac, owner, name), self._write,
+                         ("INSERT INTO leases (pool, owner, ip, ipkey, mac, created) VALUES (?, ?, ?, ?, ?, ?)",
+                          (name, owner, ip, ipkey(number), mac, time.time())),
+                         "%s/%s" % (name, owner), None, _diff_view(result)))
         result["changed"] = True
         return result
 
     def plan_absent(self, request):
         name, owner = request["pool"], request["owner"]
         st = self.state(name)
-        entry = st.by_owner.get(owner)
-        if entry is None:
+        if st.lease(owner) is None:
             result = self.lease_view(name, owner, state="absent")
             result["changed"] = False
             return result
         before = _diff_view(self.lease_view(name, owner))
         ip, mac = st.release(owner)
-        if self.used_macs is not None:
-            self.used_macs.discard(mac)
-        self.ops.append(("release %s %s of %s in pool %s" % (ip, mac, owner, name), self._write,
+        self.macs_added.discard(mac)
+        self.macs_released.add(mac)
+        self.ops.append((name, "release %s %s of %s in pool %s" % (ip, mac, owner, name), self._write,
                          ("DELETE FROM leases WHERE pool = ? AND owner = ?", (name, owner)),
-                         "%s/%s" % (name, owner), before, None, True))
+                         "%s/%s" % (name, owner), before, None))
         result = self.lease_view(name, owner, state="absent")
         result["ip"], result["mac"], result["changed"] = ip, mac, True
         return result
 
     def apply(self):
-        """Hand every planned write to the reconciler (which skips them in check mode)."""
-        definitions = [op for op in (self._definition_op(name) for name in self.states) if op is not None]
-        for description, func, args, key, before, after, diff in definitions + self.ops:
+        """Hand every planned write to the reconciler (which skips them in check mode). A pool's new
+        lowest-free hint is written with its last lease change, so it is never stored on its own."""
+        ops = [op for op in (self._definition_op(name) for name in self.states) if op is not None] + self.ops
+        last = {op[0]: index for index, op in enumerate(ops)}
+        hints = {name: self.states[name].next_hint() for name in last}
+        for index, (name, description, func, args, key, before, after) in enumerate(ops):
+            if last[name] == index and hints[name] is not None:
+                args = args + (hints[name],)
             self.reconciler.act(description, func, *args)
-            if diff:
-                self.reconciler.record_diff(key, before, after)
-
-    # -- reports
-    def stale(self, name):
-        st = self.state(name)
-        if st.pool is None:
-            return []
-        found = []
-        for owner in sorted(st.by_owner):
-            number, ip, mac = st.by_owner[owner]
-            reasons = st.pool.problems(number, mac)
-            if reasons:
-                found.append({"pool": name, "owner": owner, "ip": ip, "mac": mac, "reasons": reasons})
-        return found
-
-    def usage(self, name):
-        st = self.state(name)
-        if st.pool is None:
-            return {"size": None, "in_use": len(st.by_owner), "free": None}
-        return {"size": st.pool.size, "in_use": len(st.by_owner),
-                "free": st.pool.size - st.in_use_allocatable()}
+            self.reconciler.record_diff(key, before, after)
 
     def entries(self, names):
         """Export entries (pool, name, fqdn, ip, mac), sorted by pool then address; leases whose address
@@ -817,14 +997,53 @@ class _Transaction:
             st = self.state(name)
             pool = st.pool
             rows = []
-            for owner, (number, ip, mac) in st.by_owner.items():
+            for owner, (number, ip, mac) in st.all_leases().items():
                 if pool is not None and (number is None or not pool.net_first <= number <= pool.net_last):
                     continue
                 rows.append((number if number is not None else -1, owner, ip, mac))
-            for _, owner, ip, mac in sorted(rows):
+            for _number, owner, ip, mac in sorted(rows):
                 result.append({"pool": name, "name": owner, "fqdn": pool.fqdn(owner) if pool else owner,
                                "ip": ip, "mac": mac})
         return result
+
+
+def audit(conn, name, pool, overlay=None):
+    """Stale leases (those that no longer fit the pool's definition, with the reasons) and usage.
+
+    Index range scans (the leases in the range, in each excluded interval, outside the range) rather
+    than a pass over every lease in Python; a pool's usage costs about the same for 100 or 100,000
+    leases. ``overlay`` (a _PoolState) lays that call's unwritten changes over the database (check mode)."""
+    in_use = conn.execute("SELECT COUNT(*) FROM leases WHERE pool = ?", (name,)).fetchone()[0]
+    if pool is None:
+        if overlay is not None:
+            in_use += len(overlay.added) - len(overlay.removed)
+        return [], {"size": None, "in_use": in_use, "free": None}
+    v6 = 1 if pool.version == 6 else 0
+    first, last = ipkey(pool.first), ipkey(pool.last)
+    select = "SELECT owner, ip, mac, ipkey FROM leases WHERE pool = ? AND "
+    fitting = conn.execute("SELECT COUNT(*) FROM leases WHERE pool = ? AND ipkey BETWEEN ? AND ? "
+                           "AND (instr(ip, ':') > 0) = ?", (name, first, last, v6)).fetchone()[0]
+    suspects = conn.execute(select + "(ipkey < ? OR ipkey > ? OR (instr(ip, ':') > 0) != ?)",
+                            (name, first, last, v6)).fetchall()
+    suspects += conn.execute(select + "substr(mac, 1, ?) != ?",
+                             (name, len(pool.mac_prefix) + 1, pool.mac_prefix + ":")).fetchall()
+    for start, end in pool.excluded_intervals():
+        inside = conn.execute(select + "ipkey BETWEEN ? AND ? AND (instr(ip, ':') > 0) = ?",
+                              (name, ipkey(start), ipkey(end), v6)).fetchall()
+        fitting -= len(inside)
+        suspects += inside
+    if overlay is not None:
+        in_use += len(overlay.added) - len(overlay.removed)
+        fitting += len(overlay.added)  # handed out by this call: they fit
+        fitting -= sum(1 for number, _ip, _mac in overlay.removed.values() if pool.allocatable(number))
+    stale = {}
+    for owner, ip, mac, key in suspects:
+        if owner in stale or (overlay is not None and owner in overlay.removed):
+            continue
+        reasons = pool.problems(pool.stored_number(ip, key), mac)
+        if reasons:
+            stale[owner] = {"pool": name, "owner": owner, "ip": ip, "mac": mac, "reasons": reasons}
+    return [stale[owner] for owner in sorted(stale)], {"size": pool.size, "in_use": in_use, "free": pool.size - fitting}
 
 
 def _diff_view(lease):
@@ -892,8 +1111,12 @@ def write_atomic(path, content, mode=0o644):
 
 
 def _export(txn, spec, reconciler):
+    """Render and write the export while the transaction still holds the write lock, so that two runs
+    cannot write their files in the opposite order of their commits. Returns (result, undo): undo puts
+    the old file back should the commit fail."""
     for name in spec["pools"]:
-        if txn.state(name).pool is None and not txn.state(name).by_owner:
+        st = txn.state(name)
+        if st.pool is None and not st.all_leases():
             raise FabricError("pool '%s' is unknown: no definition given or stored and no leases" % name,
                               field="export.pools")
     entries = txn.entries(spec["pools"])
@@ -901,18 +1124,31 @@ def _export(txn, spec, reconciler):
               "changed": False}
     if spec["format"] == "libvirt":
         result["reservations"] = [{"mac": e["mac"], "ip": e["ip"], "name": e["name"]} for e in entries]
-        return result
+        return result, None
     content = render(spec["format"], entries, spec["pools"])
     before = read_text(spec["path"])
-    if before != content:
-        result["changed"] = True
-        try:
-            reconciler.act("write %s file %s (%d entries)" % (spec["format"], spec["path"], len(entries)),
-                           write_atomic, spec["path"], content)
-        except OSError as exc:
-            raise FabricError("cannot write %s: %s" % (spec["path"], exc.strerror or exc), field="export.path")
-        reconciler.record_diff("file %s" % spec["path"], before if before is not None else "", content)
-    return result
+    if before == content:
+        return result, None
+    result["changed"] = True
+    try:
+        written = reconciler.act("write %s file %s (%d entries)" % (spec["format"], spec["path"], len(entries)),
+                                 _write_returning, spec["path"], content)
+    except OSError as exc:
+        raise FabricError("cannot write %s: %s" % (spec["path"], exc.strerror or exc), field="export.path")
+    reconciler.record_diff("file %s" % spec["path"], before if before is not None else "", content)
+
+    def undo():
+        if written:
+            if before is None:
+                os.unlink(spec["path"])
+            else:
+                write_atomic(spec["path"], before)
+    return result, undo
+
+
+def _write_returning(path, content):
+    write_atomic(path, content)
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -943,54 +1179,76 @@ def run(db, pools, requests, reconciler, export=None, pool=None, timeout=DEFAULT
             conn = reconciler.act("create the IPAM database %s" % store.path, store.create)
         if conn is None:  # nothing to write, or check mode: plan against an empty database
             conn = LeaseStore.memory()
+    queue = WriterQueue(store.path, store.timeout)
     try:
         try:
             _configure(conn)
+            if not queue.acquire():
+                raise sqlite3.OperationalError("database is locked")
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise store.sqlite_error(exc, "starting a transaction")
+        undo = None
         try:
-            txn, report = _run_transaction(conn, given, requests, reconciler, spec, touched, store)
+            txn = _Transaction(conn, given, reconciler)
+            report = _plan_and_apply(txn, requests, spec)
+            if spec is not None:
+                report["export"], undo = _export(txn, spec, reconciler)
+                if "reservations" in report["export"]:
+                    report["reservations"] = report["export"].pop("reservations")
             conn.execute("COMMIT" if txn.dirty else "ROLLBACK")
         except sqlite3.IntegrityError as exc:
-            _rollback(conn)
+            _rollback(conn, undo)
             raise FabricError("the database refused a duplicate (%s); nothing was changed. This is a bug: please "
                               "report it with the database" % exc, field="db")
         except sqlite3.Error as exc:
-            _rollback(conn)
+            _rollback(conn, undo)
             raise store.sqlite_error(exc, "updating it")
         except BaseException:
-            _rollback(conn)
+            _rollback(conn, undo)
             raise
+        finally:
+            queue.release()
+        # Outside the lock: what the pools look like now (this call's changes laid over in check mode).
+        report["stale"], report["usage"] = [], {}
+        try:
+            for name in touched:
+                st = txn.state(name)
+                stale, usage = audit(conn, name, st.pool, overlay=None if txn.dirty else st)
+                report["stale"].extend(stale)
+                report["usage"][name] = usage
+        except sqlite3.Error as exc:
+            raise store.sqlite_error(exc, "reading it")
+        return report
     finally:
+        queue.release()
         conn.close()
-    if spec is not None:  # files are written once the leases they list are committed
-        report["export"] = _export(txn, spec, reconciler)
-        if "reservations" in report["export"]:
-            report["reservations"] = report["export"].pop("reservations")
-    return report
 
 
-def _rollback(conn):
+def _rollback(conn, undo=None):
     if conn.in_transaction:
         conn.execute("ROLLBACK")
+    if undo is not None:
+        undo()
 
 
-def _run_transaction(conn, given, requests, reconciler, spec, touched, store):
-    txn = _Transaction(conn, given, reconciler, store)
+def _plan_and_apply(txn, requests, spec):
+    by_pool = {}
+    for request in requests:
+        by_pool.setdefault(request["pool"], []).append(request["owner"])
+    for name, names in by_pool.items():
+        txn.state(name).lookup(names)
     pending = {}  # new leases asked for per pool, for the "pool is full" message
     for request in requests:
-        if request["state"] == "present" and request["owner"] not in txn.state(request["pool"]).by_owner:
+        if request["state"] == "present" and txn.state(request["pool"]).lease(request["owner"]) is None:
             pending[request["pool"]] = pending.get(request["pool"], 0) + 1
     results = [txn.plan_present(request, pending) if request["state"] == "present" else txn.plan_absent(request)
                for request in requests]
     if spec is not None:
         if not spec["pools"]:
-            spec["pools"] = [row[0] for row in conn.execute(
+            spec["pools"] = [row[0] for row in txn.conn.execute(
                 "SELECT DISTINCT pool FROM leases UNION SELECT name FROM pools ORDER BY 1")]
         for name in spec["pools"]:
             txn.state(name)
     txn.apply()
-    report = {"leases": results, "stale": [lease for name in touched for lease in txn.stale(name)],
-              "usage": {name: txn.usage(name) for name in touched}}
-    return txn, report
+    return {"leases": results}

@@ -29,7 +29,7 @@ description:
   - O(export) writes the pools' leases, atomically, as a dnsmasq configuration file, a hosts file or
     a DNS zone fragment, or returns them as reservations for a libvirt network.
 author:
-  - skygrid.fabric contributors
+  - skygrid.fabric contributors (@skygrid)
 attributes:
   check_mode:
     support: full
@@ -97,6 +97,8 @@ options:
   db:
     description:
       - The SQLite database on the IPAM host; created (with its directory) by the first allocation.
+      - Next to it, SQLite keeps C(<db>-wal) and C(<db>-shm) while it is in use, and concurrent runs queue
+        on a lock file C(<db>.lock). Back up the database with C(sqlite3 <db> .backup <file>), not by copying.
       - A file that is not an IPAM database, or is damaged, is reported and left untouched.
       - Keep it on a local file system (WAL mode does not work over NFS).
     type: path
@@ -132,7 +134,7 @@ options:
         elements: str
 notes:
   - Leases for one VM's several NICs come from several pools (one call per pool, or one O(leases) list).
-  - dnsmasq reads C(conf-file)/C(conf-dir) files at start only: restart it (a handler) after the file changed.
+  - dnsmasq reads C(conf-file) and C(conf-dir) files when it starts, so restart it (a handler) after the file changed.
 seealso:
   - module: skygrid.fabric.vm
 """
@@ -323,7 +325,7 @@ class IpLeaseModule(FabricModule):
         leases = report.pop("leases")
         if params["owner"]:
             report["lease"] = leases[0]
-        elif params["leases"]:
+        elif params["leases"] is not None:
             report["leases"] = leases
         if report["stale"]:
             for name in sorted({lease["pool"] for lease in report["stale"]}):

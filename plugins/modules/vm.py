@@ -400,7 +400,6 @@ class VmModule(FabricModule):
             summary["vm"] = results[0]
         return summary
 
-
     def _migrate(self):
         with connection(self.params["uri"]) as src, connection(self.params["migrate_to"]) as dst:
             result = Migration(src, dst, self.params["migrate_to"], self.params, self.reconciler).run(self.params["name"])

@@ -95,13 +95,12 @@ def test_leases_list_release_and_check_mode_release(db):
     assert made["usage"]["vmnet"]["in_use"] == 5
     checked = ok(lease(db, owner="wn1", state="absent", check=True))
     assert checked["changed"] and len(db_leases(db)) == 5
-    released = ok(lease(db, leases=[{"owner": "wn1", "state": "absent"}, {"owner": "wn3", "state": "absent"},
-                                     {"owner": "new"}], diff=True))
+    items = [{"owner": "wn1", "state": "absent"}, {"owner": "wn3", "state": "absent"}, {"owner": "new"}]
+    released = ok(lease(db, leases=items, diff=True))
     assert [item["changed"] for item in released["leases"]] == [True, True, True]
     assert released["leases"][2]["ip"] == lowest_addresses(2)[1]  # wn1's address, the lowest free one
     assert set(released["diff"]["before"]) == {"vmnet/wn1", "vmnet/wn3"}
-    again = ok(lease(db, leases=[{"owner": "wn1", "state": "absent"}, {"owner": "wn3", "state": "absent"},
-                                 {"owner": "new"}]))
+    again = ok(lease(db, leases=items))
     assert not again["changed"]
 
 
@@ -112,6 +111,8 @@ def test_errors_are_failures_naming_the_field(db):
     assert bad_cidr.failed and bad_cidr["field"] == "pools.vmnet.cidr" and "10.20.0.0/22" in bad_cidr["msg"]
     bad_mac = lease(db, owner="wn1", pools={"vmnet": {"cidr": "10.20.0.0/22", "mac_prefix": "01:00:5e"}})
     assert bad_mac.failed and bad_mac["field"] == "pools.vmnet.mac_prefix" and "multicast" in bad_mac["msg"]
+    empty = ok(lease(db, leases=[]))
+    assert empty["leases"] == [] and not empty["changed"]
     both = lease(db, owner="wn1", leases=[{"owner": "wn2"}])
     assert both.failed and "mutually exclusive" in both["msg"]
     assert not os.path.exists(db)
@@ -185,8 +186,8 @@ def test_exports(db, tmp_path):
 def _check_unique(db, expected_owners):
     stored = db_leases(db)
     assert set(stored) == set(expected_owners)
-    ips = [ip for ip, _ in stored.values()]
-    macs = [mac for _, mac in stored.values()]
+    ips = [ip for ip, _mac in stored.values()]
+    macs = [mac for _ip, mac in stored.values()]
     assert len(set(ips)) == len(ips), "duplicate IP"
     assert len(set(macs)) == len(macs), "duplicate MAC"
     conn = sqlite3.connect(db)
@@ -221,8 +222,8 @@ def test_twenty_processes_allocate_500_leases(db):
     stored = _check_unique(db, owners)
     assert stored == returned  # every process was told what was stored, and nothing else
     # Lowest free address, even under concurrency: with no release, exactly the 500 lowest addresses.
-    assert sorted(ip for ip, _ in stored.values()) == sorted(lowest_addresses(500))
-    assert all(mac.startswith("52:54:00:") for _, mac in stored.values())
+    assert sorted(ip for ip, _mac in stored.values()) == sorted(lowest_addresses(500))
+    assert all(mac.startswith("52:54:00:") for _ip, mac in stored.values())
     # Every owner again, at once: nothing changes.
     again = run_concurrently([[dict(calls[-1], leases=[{"owner": name} for name in owners[w * 25:(w + 1) * 25]])]
                               for w, calls in enumerate(jobs[:10])])
@@ -270,4 +271,4 @@ def test_twenty_processes_allocate_and_release_interleaved(db):
     assert all(sorted(flags) == [False, True] for flags in shared_changed.values()), shared_changed
     # At most 200 + 500 + 10 leases ever existed at once: lowest-free allocation never went beyond
     # the 710 lowest addresses of the pool.
-    assert set(ip for ip, _ in stored.values()) <= set(lowest_addresses(710))
+    assert set(ip for ip, _mac in stored.values()) <= set(lowest_addresses(710))

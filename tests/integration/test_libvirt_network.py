@@ -92,15 +92,17 @@ def test_dhcp_hosts_change_live_while_the_guest_keeps_its_lease(conn, pool, base
         assert net.bridgeName() == bridge_before and conn.lookupByName(name).isActive()
         assert leased()
         # A subnet change needs a restart: refused while the VM is attached...
-        refused = run_module("libvirt_network", net_args(cidr="192.168.240.0/24", hosts=[],
-                                                          dhcp_range={"start": "192.168.240.100", "end": "192.168.240.150"}))
+        moved_subnet = {"cidr": "192.168.240.0/24", "hosts": [],
+                        "dhcp_range": {"start": "192.168.240.100", "end": "192.168.240.150"}}
+        refused = run_module("libvirt_network", net_args(**moved_subnet))
         assert refused.failed and refused["field"] == "allow_restart" and "VM " + name in refused["msg"]
         assert conn.networkLookupByName(NET).isActive()
     finally:
         ok(run_module("vm", dict(vm, state="absent")))
     # ...and done once it is not.
     moved_net = ok(run_module("libvirt_network", net_args(cidr="192.168.240.0/24", hosts=[],
-                                                          dhcp_range={"start": "192.168.240.100", "end": "192.168.240.150"})))
+                                                          dhcp_range={"start": "192.168.240.100",
+                                                                      "end": "192.168.240.150"})))
     assert moved_net["network"]["restarted"] is True
     assert "192.168.240.1" in conn.networkLookupByName(NET).XMLDesc(0)
 
