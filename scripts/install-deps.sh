@@ -9,6 +9,7 @@ DEBIAN_PACKAGES=(
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base
   libvirt-dev pkg-config gcc tini genisoimage iptables
   python3-venv git shellcheck
+  munge slurmctld slurmd slurm-client
   busybox-static cpio kmod
 )
 

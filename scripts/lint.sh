@@ -9,6 +9,8 @@ cd "$ROOT"
 # Offline: `offline: true` in .ansible-lint and --offline here skip the Galaxy install of collection
 # requirements, the schema refresh and the release check; the variable below also skips the schema refresh.
 export ANSIBLE_LINT_SKIP_SCHEMA_UPDATE=1
+# The checkout's collection, never an installed copy of it (~/.ansible/collections would shadow it).
+export ANSIBLE_COLLECTIONS_PATH="$ROOT/collections"
 # Use the venv's ansible-* tools (ansible-lint calls ansible-config/ansible-galaxy).
 export PATH="$ROOT/.venv/bin:$PATH"
 # Plain output when not on a terminal (TERM=xterm otherwise makes ansible-lint emit colour codes into logs).

@@ -1,0 +1,251 @@
+"""The torque and slurm roles through ansible-playbook: the controller-side slurm.conf block (on a copy), the
+Torque server side against the command double, and the VM-side contextualisation each builds - the cloud-init
+user-data the vm module's cloud_init.user_data takes - checked for content, file modes, the munge key kept out
+of the output, and shell scripts that parse. The VM side is booted for real later, by the end-to-end test."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DOUBLE = os.path.join(ROOT, "tests", "doubles", "torque_double.py")
+VENV_BIN = os.path.dirname(sys.executable)
+
+
+def playbook(tmp_path, plays, extra_env=None, check=False, verbose=True):
+    """Run ``plays`` (a list of plays) on localhost with the checkout's ansible.cfg; return (rc, output)."""
+    path = tmp_path / "play.yml"
+    path.write_text(json.dumps(plays))
+    argv = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
+            "-e", "ansible_python_interpreter=%s" % sys.executable, str(path)]
+    if verbose:
+        argv.append("-v")
+    if check:
+        argv.append("--check")
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_RETRY_FILES_ENABLED="0", PATH=os.pathsep.join([VENV_BIN, os.environ.get("PATH", "")]))
+    env.update(extra_env or {})
+    proc = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                          env=env, check=False)
+    return proc.returncode, proc.stdout
+
+
+def recap_changed(output):
+    line = [line for line in output.splitlines() if line.startswith("localhost") and "ok=" in line][-1]
+    return int(line.split("changed=")[1].split()[0])
+
+
+def by_path(user_data):
+    return {entry["path"]: entry for entry in user_data["write_files"]}
+
+
+# ------------------------------------------------------------------------------------------ slurm
+
+
+SLURM_CONF = "ClusterName=site\nSlurmctldHost=ctl\nNodeName=wn[001-100] CPUs=8 State=UNKNOWN\nPartitionName=grid Nodes=ALL Default=YES\n"
+
+
+def test_slurm_controller_block_is_idempotent(tmp_path):
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(SLURM_CONF)
+    play = [{"hosts": "localhost", "gather_facts": False, "roles": [{"role": "skygrid.fabric.slurm", "vars": {
+        "slurm_conf_path": str(conf), "slurm_reconfigure": False, "slurm_max_node_count": 300,
+        "slurm_vos": [{"name": "atlas", "groups": ["atlas", "atlasprd"]},
+                      {"name": "lhcb", "accounts": ["lhcb"], "partition_options": "MaxTime=2-00:00:00"}]}}]}]
+    rc, out = playbook(tmp_path, play, check=True)
+    assert rc == 0, out
+    assert conf.read_text() == SLURM_CONF
+    rc, out = playbook(tmp_path, play)
+    assert rc == 0, out
+    text = conf.read_text()
+    assert text.startswith(SLURM_CONF)
+    block = text[len(SLURM_CONF):].splitlines()
+    assert block[0] == "# BEGIN skygrid.fabric slurm role" and block[-1] == "# END skygrid.fabric slurm role"
+    assert block[2:-1] == [
+        "MaxNodeCount=300",
+        "TreeWidth=65533",
+        "SlurmctldParameters=enable_configless",
+        "NodeSet=vo_atlas Feature=atlas",
+        "PartitionName=atlas Nodes=vo_atlas AllowGroups=atlas,atlasprd State=UP",
+        "NodeSet=vo_lhcb Feature=lhcb",
+        "PartitionName=lhcb Nodes=vo_lhcb AllowAccounts=lhcb State=UP MaxTime=2-00:00:00",
+    ]
+    rc, out = playbook(tmp_path, play)
+    assert rc == 0 and recap_changed(out) == 0, out
+
+
+def test_slurm_controller_rejects_bad_vo(tmp_path):
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(SLURM_CONF)
+    play = [{"hosts": "localhost", "gather_facts": False, "roles": [{"role": "skygrid.fabric.slurm", "vars": {
+        "slurm_conf_path": str(conf), "slurm_reconfigure": False, "slurm_vos": [{"name": "at las"}]}}]}]
+    rc, out = playbook(tmp_path, play)
+    assert rc != 0 and "slurm_vos items need a name" in out
+    assert conf.read_text() == SLURM_CONF
+
+
+@pytest.fixture
+def munge_key(tmp_path):
+    key = os.urandom(128)
+    path = tmp_path / "munge.key"
+    path.write_bytes(key)
+    path.chmod(0o400)
+    return path, key
+
+
+def slurm_vm_context(tmp_path, munge_key_path, vms, **more):
+    out = tmp_path / "user_data.json"
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "VM contextualisation", "ansible.builtin.include_role": {"name": "skygrid.fabric.slurm", "tasks_from": "vm_context"},
+         "vars": dict({"slurm_munge_key_path": str(munge_key_path), "slurm_controller_address": "10.20.0.1",
+                       "slurm_vms": vms}, **more)},
+        {"name": "Keep it for the test", "ansible.builtin.copy": {"content": "{{ slurm_vm_user_data | to_json }}", "dest": str(out),
+                                                                  "mode": "0600"}, "no_log": True},
+    ]}]
+    rc, output = playbook(tmp_path, play)
+    return rc, output, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_slurm_vm_user_data(tmp_path, munge_key):
+    key_path, key = munge_key
+    rc, output, data = slurm_vm_context(tmp_path, key_path, [
+        {"name": "wn042-atlas-1", "features": ["atlas", "vm"]},
+        {"name": "wn042-lhcb-1", "features": ["lhcb"], "conf": "RealMemory=3000"}])
+    assert rc == 0, output
+    assert sorted(data) == ["wn042-atlas-1", "wn042-lhcb-1"]
+    atlas = data["wn042-atlas-1"]
+    files = by_path(atlas)
+    assert sorted(files) == ["/etc/munge/munge.key", "/etc/systemd/system/slurmd.service.d/skygrid-dynamic.conf",
+                             "/usr/local/sbin/skygrid-slurm-join"]
+    munge = files["/etc/munge/munge.key"]
+    assert (munge["encoding"], munge["owner"], munge["permissions"]) == ("b64", "munge:munge", "0400")
+    assert base64.b64decode(munge["content"]) == key
+    assert atlas["runcmd"] == [["/usr/local/sbin/skygrid-slurm-join"]]
+
+    dropin = files["/etc/systemd/system/slurmd.service.d/skygrid-dynamic.conf"]["content"].splitlines()
+    assert "ConditionPathExists=" in dropin and "ExecStart=" in dropin
+    assert ('ExecStart=/usr/sbin/slurmd -D -s -Z -N wn042-atlas-1 --conf-server 10.20.0.1:6817 --conf "Feature=atlas,vm"'
+            in dropin)
+    lhcb = by_path(data["wn042-lhcb-1"])
+    assert ('--conf "Feature=lhcb RealMemory=3000"'
+            in lhcb["/etc/systemd/system/slurmd.service.d/skygrid-dynamic.conf"]["content"])
+
+    script = files["/usr/local/sbin/skygrid-slurm-join"]
+    assert script["permissions"] == "0755"
+    text = script["content"]
+    assert text.startswith("#!/bin/sh\n") and "NODE='wn042-atlas-1'" in text and "SERVER='10.20.0.1:6817'" in text
+    assert "CONF='Feature=atlas,vm'" in text
+    script_path = tmp_path / "join.sh"
+    script_path.write_text(text)
+    assert subprocess.run(["sh", "-n", str(script_path)], check=False).returncode == 0
+    if shutil.which("shellcheck"):
+        check = subprocess.run(["shellcheck", "-s", "sh", str(script_path)], stdout=subprocess.PIPE, universal_newlines=True, check=False)
+        assert check.returncode == 0, check.stdout
+
+    # the key never shows in the output, even with -v, in any form
+    assert munge["content"] not in output
+    assert key.hex() not in output
+    assert "censored" in output
+
+
+def test_slurm_vm_user_data_rejects_unsafe_conf(tmp_path, munge_key):
+    key_path, key = munge_key
+    rc, output, data = slurm_vm_context(tmp_path, key_path, [{"name": "wn1", "features": ["atlas"], "conf": "X=\"a\"; rm -rf /"}])
+    assert rc != 0 and "conf holds only slurmd node parameters" in output and data is None
+
+
+# ------------------------------------------------------------------------------------------ torque
+
+
+def test_torque_server_side_against_the_double(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for command in ("qmgr", "pbsnodes"):
+        os.symlink(DOUBLE, str(bin_dir / command))
+    state = tmp_path / "torque.json"
+    state.write_text(json.dumps({"nodes": {"wn042.example.org": {"np": 8, "properties": ["batch"], "states": ["free"], "jobs": []}},
+                                 "queues": {}}))
+    env = {"TORQUE_DOUBLE_STATE": str(state), "TORQUE_DOUBLE_LOG": str(tmp_path / "log"),
+           "PATH": os.pathsep.join([str(bin_dir), VENV_BIN, os.environ.get("PATH", "")])}
+    play = [{"hosts": "localhost", "gather_facts": False, "roles": [{"role": "skygrid.fabric.torque", "vars": {
+        "torque_vos": [{"name": "atlas", "groups": ["atlas"]}, {"name": "lhcb", "property": "lhcb", "groups": ["lhcb"]}],
+        "torque_nodes": [{"name": "wn042.example.org", "state": "drained", "note": "converting"},
+                         {"name": "wn042-atlas-1", "cores": 4, "properties": ["atlas", "vm"]},
+                         {"name": "wn042-lhcb-1", "cores": 4, "properties": ["lhcb", "vm"]}]}}]}]
+    rc, out = playbook(tmp_path, play, extra_env=env)
+    assert rc == 0, out
+    result = json.loads(state.read_text())
+    assert sorted(result["queues"]) == ["atlas", "lhcb"]
+    assert result["queues"]["lhcb"]["attrs"]["acl_groups"] == ["lhcb"]
+    assert result["nodes"]["wn042-atlas-1"]["properties"] == ["atlas", "vm"]
+    assert "offline" in result["nodes"]["wn042.example.org"]["states"]
+    rc, out = playbook(tmp_path, play, extra_env=env)
+    assert rc == 0 and recap_changed(out) == 0, out
+
+
+def test_torque_vm_user_data(tmp_path):
+    out = tmp_path / "user_data.json"
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "VM contextualisation", "ansible.builtin.include_role": {"name": "skygrid.fabric.torque", "tasks_from": "vm_context"},
+         "vars": {"torque_server_name": "torque.example.org", "torque_mom_node_check_script": "/usr/local/sbin/healthcheck",
+                  "torque_mom_config_extra": ["$ideal_load 2.0"]}},
+        {"name": "Keep it", "ansible.builtin.copy": {"content": "{{ torque_vm_user_data | to_json }}", "dest": str(out), "mode": "0600"}},
+    ]}]
+    rc, output = playbook(tmp_path, play)
+    assert rc == 0, output
+    data = json.loads(out.read_text())
+    files = by_path(data)
+    assert files["/var/spool/torque/server_name"]["content"] == "torque.example.org\n"
+    assert files["/var/spool/torque/mom_priv/config"]["content"].splitlines() == [
+        "# Generated by the skygrid.fabric torque role (VM contextualisation).",
+        "$pbsserver torque.example.org",
+        "$usecp *:/home /home",
+        "$logevent 255",
+        "$node_check_script /usr/local/sbin/healthcheck",
+        "$node_check_interval 10",
+        "$ideal_load 2.0",
+    ]
+    join = files["/usr/local/sbin/skygrid-torque-join"]
+    assert join["permissions"] == "0755" and data["runcmd"] == [["/usr/local/sbin/skygrid-torque-join"]]
+    script_path = tmp_path / "join.sh"
+    script_path.write_text(join["content"])
+    assert subprocess.run(["sh", "-n", str(script_path)], check=False).returncode == 0
+
+
+def test_torque_vm_context_needs_the_server(tmp_path):
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "VM contextualisation", "ansible.builtin.include_role": {"name": "skygrid.fabric.torque", "tasks_from": "vm_context"}}]}]
+    rc, output = playbook(tmp_path, play)
+    assert rc != 0 and "torque_server_name must name the Torque server" in output
+
+
+def test_torque_on_demand_scripts(tmp_path):
+    spool = tmp_path / "torque"
+    (spool / "mom_priv").mkdir(parents=True)
+    (spool / "mom_priv" / "epilogue").write_text("#!/bin/sh\n# the site's own epilogue\n")
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "On demand", "ansible.builtin.include_role": {"name": "skygrid.fabric.torque", "tasks_from": "on_demand"},
+         "vars": {"torque_vms_on_demand": "{{ on_demand | bool }}", "torque_spool_dir": str(spool),
+                  "torque_on_demand_domains": {"atlas": "wn042-atlas-1"}}}]}]
+    rc, output = playbook(tmp_path, [dict(play[0], vars={"on_demand": True})])
+    assert rc == 0, output
+    prologue = spool / "mom_priv" / "prologue"
+    assert oct(prologue.stat().st_mode & 0o777) == "0o500"
+    text = prologue.read_text()
+    assert "atlas) DOMAIN='wn042-atlas-1' ;;" in text and 'QUEUE="${6:-}"' in text
+    assert 'QUEUE="${8:-}"' in (spool / "mom_priv" / "epilogue").read_text()
+    for name in ("prologue", "epilogue"):
+        assert subprocess.run(["sh", "-n", str(spool / "mom_priv" / name)], check=False).returncode == 0
+
+    # switched off: ours are removed, a site's own script is never touched
+    (spool / "mom_priv" / "epilogue").write_text("#!/bin/sh\n# the site's own epilogue\n")
+    rc, output = playbook(tmp_path, [dict(play[0], vars={"on_demand": False})])
+    assert rc == 0, output
+    assert not prologue.exists() and (spool / "mom_priv" / "epilogue").read_text().endswith("own epilogue\n")
