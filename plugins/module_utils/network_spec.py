@@ -89,7 +89,7 @@ def normalise(params):
         if start <= gateway <= end:
             raise FabricError("the range %s-%s holds the gateway %s; move it" % (start, end, gateway), field="dhcp_range")
         spec["dhcp_range"] = {"start": str(start), "end": str(end)}
-    spec["hosts"] = normalise_hosts(params.get("hosts"), network, gateway)
+    spec["hosts"] = None if params.get("hosts") is None else normalise_hosts(params["hosts"], network, gateway)
     if spec["hosts"] and network.version == 6:
         raise FabricError("DHCP reservations here are IPv4 only", field="hosts")
     return spec
@@ -118,11 +118,11 @@ def to_xml(name, spec, uuid=None):
         ET.SubElement(net, "domain", name=spec["domain"], localOnly="yes")
     if spec["address"]:
         ip = ET.SubElement(net, "ip", address=spec["address"], prefix=str(spec["prefix"]))
-        if spec["dhcp_range"] or spec["hosts"]:
+        if spec["dhcp_range"] or spec["hosts"]:  # hosts None: none yet on a new network
             dhcp = ET.SubElement(ip, "dhcp")
             if spec["dhcp_range"]:
                 ET.SubElement(dhcp, "range", start=spec["dhcp_range"]["start"], end=spec["dhcp_range"]["end"])
-            for host in spec["hosts"]:
+            for host in spec["hosts"] or []:
                 dhcp.append(ET.fromstring(host_xml(host)))
     return ET.tostring(net, encoding="unicode")
 

@@ -37,6 +37,8 @@ class NetworkKind(ObjectKind):
     def adopt_defaults(self, wanted, current):
         if wanted["bridge"] is None:  # libvirt names the bridge (virbrN) when the spec does not
             wanted["bridge"] = current["bridge"]
+        if wanted["hosts"] is None:  # reservations not managed by this call: keep them
+            wanted["hosts"] = current["hosts"]
 
     def live_keys(self, wanted, current):
         if wanted["hosts"] == current["hosts"] or not wanted["address"]:

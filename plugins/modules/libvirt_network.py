@@ -78,9 +78,10 @@ options:
   hosts:
     description:
       - DHCP reservations (for example from M(skygrid.fabric.ip_lease) exports). Changed live.
+      - Left out, the network keeps the reservations it has (so a role that defines the network and
+        a play that manages its reservations do not undo each other); V([]) removes them all.
     type: list
     elements: dict
-    default: []
     suboptions:
       mac:
         description: The VM NIC's MAC address.
@@ -181,7 +182,7 @@ class LibvirtNetworkModule(FabricModule):
         gateway=dict(type="str"),
         dhcp_range=dict(type="dict", options=dict(start=dict(type="str", required=True),
                                                   end=dict(type="str", required=True))),
-        hosts=dict(type="list", elements="dict", default=[], options=dict(
+        hosts=dict(type="list", elements="dict", options=dict(
             mac=dict(type="str", required=True),
             ip=dict(type="str", required=True),
             name=dict(type="str"),

@@ -73,7 +73,7 @@ def test_dhcp_hosts_change_live_while_the_guest_keeps_its_lease(conn, pool, base
         def leased():
             return SUBNET + ".11" in [lease["ipaddr"] for lease in conn.networkLookupByName(NET).DHCPLeases()]
 
-        wait_for(leased, 10, what="the lease in libvirt's lease list")  # dnsmasq's lease helper runs just after the ACK
+        wait_for(leased, 30, what="the lease in libvirt's lease list")  # dnsmasq's lease helper runs just after the ACK
         hosts = net_args()["hosts"] + [{"mac": "52:54:00:5b:00:02", "ip": SUBNET + ".12", "name": "sgtest-nm-other"}]
         added = ok(run_module("libvirt_network", net_args(hosts=hosts), diff=True))
         assert added["actions"] == ["add DHCP host 52:54:00:5b:00:02 -> %s.12 in network %s" % (SUBNET, NET)]
