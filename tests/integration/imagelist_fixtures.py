@@ -1,0 +1,243 @@
+"""Test material for image lists and image staging, made here with openssl and qemu-img:
+
+* a PKI: the site's trusted CA (hashed into a CA directory), the VO's endorser, a rogue signer
+  from the same CA, and a rogue CA with the *same* subject as the real one issuing a certificate
+  with the endorser's DN (right names, wrong chain);
+* HEPiX image lists, signed the way ``openssl smime -sign`` does (detached, multipart/signed);
+* an HTTP server on 127.0.0.1 with Range support and per-path modes: ``cut`` (declares the full
+  length, sends half, closes), ``norange`` (ignores Range), ``nolength`` (no Content-Length).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import http.server
+import json
+import os
+import re
+import subprocess
+import threading
+import uuid
+
+CA_DN = "/C=NL/O=Skygrid Test Grid/CN=Skygrid Test CA"
+ENDORSER_DN = "/C=NL/O=Skygrid Test Grid/OU=atlas/CN=Atlas Image Endorser"
+ROGUE_DN = "/C=NL/O=Skygrid Test Grid/OU=atlas/CN=Mallory Image Endorser"
+
+_EXTENSIONS = """
+[req]
+distinguished_name = dn
+[dn]
+[v3_ca]
+basicConstraints = critical,CA:true
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[v3_signer]
+basicConstraints = critical,CA:false
+keyUsage = critical,digitalSignature,nonRepudiation
+extendedKeyUsage = emailProtection
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+
+def _run(args, **kwargs):
+    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, **kwargs)
+    if proc.returncode != 0:
+        raise RuntimeError("%s failed: %s" % (" ".join(args), proc.stderr.decode(errors="replace")))
+    return proc.stdout
+
+
+def sha512_of(path):
+    digest = hashlib.sha512()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Pki:
+    """Certificates and keys under ``workdir``; ``ca_path`` trusts only the real CA."""
+
+    def __init__(self, workdir):
+        self.dir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.config = os.path.join(workdir, "openssl.cnf")
+        with open(self.config, "w") as handle:
+            handle.write(_EXTENSIONS)
+        self.ca = self._ca("ca", CA_DN)
+        self.rogue_ca = self._ca("rogue-ca", CA_DN)  # same subject, different key: not in ca_path
+        self.endorser = self._signer("endorser", ENDORSER_DN, self.ca)
+        self.rogue = self._signer("rogue", ROGUE_DN, self.ca)
+        self.impostor = self._signer("impostor", ENDORSER_DN, self.rogue_ca)
+        self.ca_path = os.path.join(workdir, "certificates")
+        os.makedirs(self.ca_path, exist_ok=True)
+        with open(os.path.join(self.ca_path, "skygrid-test-ca.pem"), "w") as out, open(self.ca[0]) as src:
+            out.write(src.read())
+        _run(["openssl", "rehash", self.ca_path])
+
+    def _ca(self, name, dn):
+        cert, key = os.path.join(self.dir, name + ".pem"), os.path.join(self.dir, name + ".key")
+        _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+              "-subj", dn, "-days", "30", "-config", self.config, "-extensions", "v3_ca"])
+        return cert, key
+
+    def _signer(self, name, dn, issuer):
+        cert, key, csr = (os.path.join(self.dir, name + ext) for ext in (".pem", ".key", ".csr"))
+        _run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", dn,
+              "-config", self.config])
+        _run(["openssl", "x509", "-req", "-in", csr, "-CA", issuer[0], "-CAkey", issuer[1], "-set_serial",
+              str(int(uuid.uuid4().int % 2 ** 62)), "-out", cert, "-days", "30", "-extfile", self.config,
+              "-extensions", "v3_signer"])
+        return cert, key
+
+    def endorsers(self):
+        return [{"dn": ENDORSER_DN, "ca": CA_DN}]
+
+
+def _time(delta):
+    when = datetime.datetime.now(datetime.timezone.utc) + delta
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def image_entry(identifier, uri, path=None, size=None, sha512=None, version="1", title=None, fmt="qcow2", **extra):
+    """An ``hv:image`` entry; size and sha512 are taken from ``path`` unless given."""
+    image = {
+        "dc:identifier": identifier, "dc:title": title or "Test image %s" % identifier,
+        "dc:description": "an image made by the skygrid.fabric tests", "hv:uri": uri,
+        "hv:size": size if size is not None else os.path.getsize(path),
+        "hv:version": version, "hv:format": fmt, "hv:hypervisor": "kvm", "sl:arch": "x86_64",
+        "sl:os": "Linux", "sl:osversion": "test",
+        "sl:checksum:sha512": sha512 if sha512 is not None else sha512_of(path),
+    }
+    image.update(extra)
+    return {"hv:image": image}
+
+
+def image_list(images, expires_in=datetime.timedelta(days=7), created_ago=datetime.timedelta(hours=1),
+               endorser_dn=ENDORSER_DN, ca_dn=CA_DN, identifier=None):
+    document = {"hv:imagelist": {
+        "dc:identifier": identifier or str(uuid.uuid4()), "dc:title": "Skygrid test VO images",
+        "dc:description": "made by the tests", "dc:date:created": _time(-created_ago),
+        "dc:date:expires": _time(expires_in), "dc:source": "skygrid.test", "hv:uri": "http://127.0.0.1/test.list",
+        "hv:version": "1",
+        "hv:endorser": {"hv:x509": {"dc:creator": "Atlas Image Endorser", "hv:ca": ca_dn, "hv:dn": endorser_dn,
+                                    "hv:email": "endorser@skygrid.test"}},
+        "hv:images": images,
+    }}
+    return json.dumps(document, indent=2)
+
+
+def sign(text, signer):
+    """S/MIME-sign ``text`` as ``openssl smime -sign`` does (detached, multipart/signed)."""
+    return _run(["openssl", "smime", "-sign", "-signer", signer[0], "-inkey", signer[1]], input=text.encode())
+
+
+def tamper(signed, old, new):
+    """Change the signed content after signing (same length or not: the digest no longer matches)."""
+    assert old.encode() in signed
+    return signed.replace(old.encode(), new.encode(), 1)
+
+
+def random_file(path, size, chunk=1 << 20):
+    """``size`` bytes of random data (incompressible, like a real image's content)."""
+    with open(path, "wb") as handle:
+        left = size
+        while left > 0:
+            handle.write(os.urandom(min(chunk, left)))
+            left -= chunk
+    return path
+
+
+def qcow2_image(path, size):
+    """A qcow2 holding ``size`` bytes of data (made from a raw file, like a real image)."""
+    raw = path + ".src.raw"
+    random_file(raw, size)
+    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, path])
+    os.unlink(raw)
+    return path
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "skygrid-test/1"
+
+    def log_message(self, *args):  # keep pytest output clean; requests are recorded instead
+        pass
+
+    def do_GET(self):
+        server = self.server
+        entry = server.files.get(self.path.split("?", 1)[0])
+        server.requests.append({"path": self.path, "range": self.headers.get("Range")})
+        if entry is None:
+            self.send_error(404)
+            return
+        path, mode = entry
+        size = os.path.getsize(path)
+        start = 0
+        match = re.match(r"bytes=(\d+)-$", self.headers.get("Range") or "")
+        if match and mode != "norange":
+            start = int(match.group(1))
+            if start >= size:
+                self.send_response(416)
+                self.send_header("Content-Range", "bytes */%d" % size)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, size - 1, size))
+        else:
+            self.send_response(200)
+        if mode != "nolength":
+            self.send_header("Content-Length", str(size - start))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        count = size - start
+        if mode == "cut":
+            count = max(0, size // 2 - start)
+        with open(path, "rb") as handle:
+            sent = 0
+            while sent < count:
+                done = self.connection.sendfile(handle, start + sent, count - sent)
+                if not done:
+                    break
+                sent += done
+        if mode == "cut":  # close without sending the rest: the client sees a short read
+            self.close_connection = True
+
+
+class FileServer:
+    """Serves registered files from 127.0.0.1 (a thread of the test process)."""
+
+    def __init__(self):
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.files = {}
+        self.httpd.requests = []
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def requests(self):
+        return self.httpd.requests
+
+    def url(self, name):
+        return "http://127.0.0.1:%d/%s" % (self.httpd.server_address[1], name)
+
+    def add(self, name, path, mode="normal"):
+        """Serve file ``path`` at /``name``; ``mode`` normal, cut, norange or nolength."""
+        self.httpd.files["/" + name] = (path, mode)
+        return self.url(name)
+
+    def add_bytes(self, name, data, directory, mode="normal"):
+        path = os.path.join(directory, name.replace("/", "_"))
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return self.add(name, path, mode)
+
+    def set_mode(self, name, mode):
+        path, _old = self.httpd.files["/" + name]
+        self.httpd.files["/" + name] = (path, mode)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
