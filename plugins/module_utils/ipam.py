@@ -289,9 +289,9 @@ class Pool:
         except (OSError, ValueError):
             return None
 
-    def stored_number(self, ip, ipkey):
+    def stored_number(self, ip, key):
         """The integer of a stored lease's address (from its key), or None when it is of the other IP version."""
-        return int(ipkey, 16) if (":" in ip) == (self.version == 6) else None
+        return int(key, 16) if (":" in ip) == (self.version == 6) else None
 
     def fingerprint(self):
         """Identifies what the lowest-free search depends on: the range and the excluded addresses."""

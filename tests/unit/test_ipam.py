@@ -278,7 +278,7 @@ def test_release_and_allocate_in_one_transaction(db):
 
 def test_many_owners_in_one_transaction(db):
     pools = {"vmnet": {"cidr": "10.20.0.0/20", "gateway": "10.20.0.1"}}
-    report, reconciler = call(db, pools, leases=owners("wn", 2000))
+    report = call(db, pools, leases=owners("wn", 2000))[0]
     ips = [int(ipaddress.ip_address(lease["ip"])) for lease in report["leases"]]
     assert ips == list(range(int(ipaddress.ip_address("10.20.0.2")), int(ipaddress.ip_address("10.20.0.2")) + 2000))
     assert len({lease["mac"] for lease in report["leases"]}) == 2000
@@ -307,7 +307,7 @@ def test_ipv6_allocation_and_exhaustion(db):
     assert report["leases"][0]["ip"] == "fd00:20::4"
 
 
-def test_ipv6_default_range_upper_end(db):
+def test_ipv6_default_range_upper_end():
     pools = {"v6": {"cidr": "fd00:20::/120"}}  # smaller than the default bound: the subnet's end
     pool = ipam.parse_pools(pools)["v6"]
     assert pool.range_text() == "fd00:20::1-fd00:20::ff"
@@ -761,7 +761,7 @@ def test_libvirt_reservations(db):
 
 
 def test_export_leaves_out_leases_outside_the_subnet(db):
-    pools = _export_setup(db)
+    _export_setup(db)
     call(db, {"vmnet": {"cidr": "10.21.0.0/24"}}, "moved")
     report, _rec = call(db, {}, export={"format": "libvirt"})
     assert [entry["name"] for entry in report["reservations"]] == ["moved"]
