@@ -50,16 +50,29 @@ _value:
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.slots import plan_slots
+from ansible_collections.skygrid.fabric.plugins.module_utils import slots
 
 
-def slot_plan(host, cores, memory_mb, vos):
-    try:
-        return plan_slots(host, cores, memory_mb, vos)
-    except FabricError as exc:
-        raise AnsibleFilterError("slot_plan: %s" % exc)
+def _filter(name, func):
+    def run(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except FabricError as exc:
+            raise AnsibleFilterError("%s: %s" % (name, exc))
+    return run
+
+
+FILTERS = {
+    "slot_plan": slots.plan_slots,
+    "ip_pool_size": slots.ip_pool_size,
+    "slot_leases": slots.lease_requests,
+    "slot_vm_items": slots.vm_items,
+    "dhcp_hosts": slots.dhcp_hosts,
+    "slot_vms": slots.slot_vms,
+    "slot_batch_nodes": slots.batch_nodes,
+}
 
 
 class FilterModule:
     def filters(self):
-        return {"slot_plan": slot_plan}
+        return {name: _filter(name, func) for name, func in FILTERS.items()}

@@ -7,6 +7,8 @@ the same slots, named ``<host>-<vo>-<n>``, every run."""
 
 from __future__ import annotations
 
+import ipaddress
+
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 
 
@@ -82,3 +84,112 @@ def plan_slots(host, cores, memory_mb, vos):
             slots.append({"name": "%s-%s-%d" % (host, name, index), "host": host, "vo": name,
                           "index": index, "vcpus": vcpus, "memory_mb": vm_memory})
     return slots
+
+
+def ip_pool_size(pool):
+    """How many VM addresses an ip_lease pool definition ({cidr, range, gateway, reserved}) holds."""
+    try:
+        network = ipaddress.ip_network(pool["cidr"], strict=False)
+    except (KeyError, ValueError) as exc:
+        raise FabricError("needs a valid cidr (%s)" % exc, field="fabric_ip_pools")
+    span = pool.get("range") or {}
+    first = ipaddress.ip_address(span["start"]) if span.get("start") else network.network_address + 1
+    last = ipaddress.ip_address(span["end"]) if span.get("end") else network.broadcast_address - 1
+    taken = {ipaddress.ip_address(addr) for addr in (pool.get("reserved") or [])}
+    if pool.get("gateway"):
+        taken.add(ipaddress.ip_address(pool["gateway"]))
+    size = int(last) - int(first) + 1
+    return max(0, size - sum(1 for addr in taken if first <= addr <= last))
+
+
+def _slot_name(slot):
+    return slot["name"] if isinstance(slot, dict) else str(slot)
+
+
+def lease_requests(slots, pool, state="present"):
+    """ip_lease ``leases:`` items for slots (plan items or names)."""
+    return [{"owner": _slot_name(slot), "pool": pool, "state": state} for slot in slots]
+
+
+def vm_items(slots):
+    """skygrid.fabric.vm ``vms:`` items naming slots (plan items or names), for calls that need
+    nothing else of them (removal)."""
+    return [{"name": _slot_name(slot)} for slot in slots]
+
+
+def dhcp_hosts(leases):
+    """libvirt_network ``hosts:`` (DHCP reservations) from ip_lease results."""
+    return sorted(({"mac": lease["mac"], "ip": lease["ip"], "name": lease["owner"]} for lease in leases if lease.get("ip")),
+                  key=lambda host: host["mac"])
+
+
+def newest_image(images):
+    """The image a new VM of a VO boots: the newest version staged (list order breaks ties)."""
+    if not images:
+        return None
+
+    def version_key(image):
+        parts = []
+        for part in str(image.get("version") or "0").replace("-", ".").split("."):
+            parts.append((0, int(part), "") if part.isdigit() else (1, 0, part))
+        return parts
+    return max(images, key=version_key)
+
+
+def slot_vms(plan, leases, images, vos, network, pool, user_data=None, shared_user_data=None, existing=None,
+             extra_user_data=None):
+    """``vms:`` items for skygrid.fabric.vm: one VM per slot, on its VO's newest staged image, with
+    its leased MAC and address, its batch system user-data and its provenance metadata.
+
+    ``leases``: {slot name: ip_lease result}; ``images``: {vo: [staged images]}; ``user_data``:
+    {slot name: cloud-config dict} (Slurm) and ``shared_user_data`` one dict for every slot (Torque);
+    ``extra_user_data`` is merged over both (lists appended); ``existing``: {slot name: current
+    metadata}, so a slot keeps the time it last changed (the rebalancer's cool-down).
+    """
+    vms = []
+    for slot in plan:
+        name, vo = slot["name"], slot["vo"]
+        image = newest_image((images or {}).get(vo) or [])
+        if image is None:
+            raise FabricError("VO %s has no staged image for slot %s; stage one first (vo_images role)" % (vo, name),
+                              field="vo_images_staged.%s" % vo)
+        lease = (leases or {}).get(name)
+        if lease is None:
+            raise FabricError("slot %s has no address lease" % name, field="leases")
+        data = dict(shared_user_data or {})
+        data.update((user_data or {}).get(name) or {})
+        for key, value in (extra_user_data or {}).items():
+            data[key] = (data.get(key) or []) + value if isinstance(value, list) else value
+        previous = (existing or {}).get(name) or {}
+        vms.append({
+            "name": name,
+            "vcpus": slot["vcpus"],
+            "memory_mb": slot["memory_mb"],
+            "disks": [{"pool": pool, "base_volume": image["volume"]}],
+            "nics": [{"network": network, "mac": lease["mac"], "ip": lease["ip"]}],
+            "cloud_init": {"user_data": data,
+                           "meta_data": {"local-hostname": name, "instance-id": "%s-%s" % (name, image["image_id"])}},
+            "metadata": {
+                "vo": vo,
+                "trust_class": str(image.get("trust_class") or (vos.get(vo) or {}).get("trust_class", 2)),
+                "image_id": image["image_id"],
+                "image_version": str(image.get("version") or ""),
+                "image_sha512": image.get("sha512"),
+                "slot_host": slot["host"],
+                "fqdn": lease.get("fqdn") or name,
+                "changed_at": str(previous.get("changed_at") or "0"),
+            },
+        })
+    return vms
+
+
+def batch_nodes(plan, vos):
+    """batch_node items for the slots: cores, memory and the VO's properties (Torque), also as
+    ``features`` (Slurm), so the list serves the slurm role's ``slurm_vms`` as it is."""
+    nodes = []
+    for slot in plan:
+        batch = (vos.get(slot["vo"]) or {}).get("batch") or {}
+        properties = list(batch.get("properties") or [slot["vo"], "vm"])
+        nodes.append({"name": slot["name"], "cores": slot["vcpus"], "memory_mb": slot["memory_mb"],
+                      "properties": properties, "features": properties})
+    return nodes

@@ -22,10 +22,11 @@ METADATA_PREFIX = "skygrid"
 ET.register_namespace(METADATA_PREFIX, METADATA_NS)
 
 # Names become hostnames and volume-name prefixes: keep them to what all three accept.
-NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
-MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
-SHA512_RE = re.compile(r"^[0-9a-f]{128}$")
-METADATA_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# \Z, not $: "$" also matches before a trailing newline.
+NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?\Z")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}\Z")
+SHA512_RE = re.compile(r"^[0-9a-f]{128}\Z")
+METADATA_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 DISK_FORMATS = ("qcow2", "raw")
 VIRT_TYPES = ("kvm", "qemu")
 TRUST_CLASSES = ("1", "2", "3")

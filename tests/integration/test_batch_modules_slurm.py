@@ -43,7 +43,7 @@ def wait_for(predicate, timeout, what, interval=0.2):
 
 
 def stop_test_slurmds():
-    for pidfile in glob.glob(os.path.join(SLURM_DIR, "run", "slurmd-%s*.pid" % PREFIX)):
+    for pidfile in glob.glob("/run/slurmd-%s*.pid" % PREFIX):
         try:
             with open(pidfile) as handle:
                 pid = int(handle.read().strip())

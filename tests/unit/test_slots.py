@@ -57,3 +57,13 @@ def test_errors(vos, field):
     with pytest.raises(FabricError) as err:
         plan_slots("wn1", 8, 8000, vos)
     assert err.value.field == field
+
+
+def test_ip_pool_size():
+    from ansible_collections.skygrid.fabric.plugins.module_utils.slots import ip_pool_size
+    assert ip_pool_size({"cidr": "10.0.0.0/24"}) == 254
+    assert ip_pool_size({"cidr": "10.0.0.0/24", "gateway": "10.0.0.1", "reserved": ["10.0.0.2", "10.0.1.9"]}) == 252
+    assert ip_pool_size({"cidr": "10.0.0.0/22", "range": {"start": "10.0.0.10", "end": "10.0.0.19"},
+                         "gateway": "10.0.0.1"}) == 10
+    with pytest.raises(FabricError):
+        ip_pool_size({"cidr": "nonsense"})

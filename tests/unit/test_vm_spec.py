@@ -102,6 +102,7 @@ def test_disk_targets():
     ({"name": "-bad"}, "name"),
     ({"name": "a" * 64}, "name"),
     ({"name": "has space"}, "name"),
+    ({"name": "wn1\n"}, "name"),
     ({"vcpus": 0}, "vcpus"),
     ({"memory_mb": 8}, "memory_mb"),
     ({"virt_type": "xen"}, "virt_type"),
