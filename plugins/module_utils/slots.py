@@ -183,13 +183,19 @@ def slot_vms(plan, leases, images, vos, network, pool, user_data=None, shared_us
     return vms
 
 
-def batch_nodes(plan, vos):
+def batch_nodes(plan, vos, leases=None):
     """batch_node items for the slots: cores, memory and the VO's properties (Torque), also as
-    ``features`` (Slurm), so the list serves the slurm role's ``slurm_vms`` as it is."""
+    ``features`` (Slurm), so the list serves the slurm role's ``slurm_vms`` as it is. With ``leases``
+    ({slot name: lease}), each node also carries its address (``address``, and ``conf`` for slurmd), so
+    the batch server reaches a VM whose name no DNS knows."""
     nodes = []
     for slot in plan:
         batch = (vos.get(slot["vo"]) or {}).get("batch") or {}
         properties = list(batch.get("properties") or [slot["vo"], "vm"])
-        nodes.append({"name": slot["name"], "cores": slot["vcpus"], "memory_mb": slot["memory_mb"],
-                      "properties": properties, "features": properties})
+        node = {"name": slot["name"], "cores": slot["vcpus"], "memory_mb": slot["memory_mb"],
+                "properties": properties, "features": properties}
+        lease = (leases or {}).get(slot["name"])
+        if lease and lease.get("ip"):
+            node.update(address=lease["ip"], conf="NodeAddr=%s" % lease["ip"])
+        nodes.append(node)
     return nodes
