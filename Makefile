@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/collections
 
-.PHONY: demo demo-clean test deps testbed guest lint sanity unit integration molecule bench build clean
+.PHONY: demo demo-clean demo-vm e2e test deps testbed guest lint sanity unit integration molecule bench build clean
 
 deps:
 	scripts/install-deps.sh
@@ -19,11 +19,14 @@ testbed: deps
 guest: deps
 	tests/guest/build.sh
 
-demo: testbed guest
-	ansible-playbook playbooks/demo_vm_lifecycle.yml
+demo: testbed
+	ansible-playbook -i inventories/local playbooks/site_in_a_box.yml
 
 demo-clean: testbed
-	ansible-playbook playbooks/demo_vm_lifecycle.yml -e demo_state=absent
+	ansible-playbook -i inventories/local playbooks/revert_worker_nodes.yml
+
+demo-vm: testbed guest
+	ansible-playbook -i inventories/local playbooks/demo_vm_lifecycle.yml
 
 test: deps
 	$(MAKE) lint
@@ -32,6 +35,7 @@ test: deps
 	$(MAKE) testbed guest
 	$(MAKE) integration
 	$(MAKE) molecule
+	$(MAKE) e2e
 
 lint:
 	scripts/lint.sh
@@ -48,6 +52,9 @@ integration:
 
 molecule:
 	molecule test -s hypervisor
+
+e2e:
+	pytest -q tests/e2e
 
 bench: testbed
 	python bench/vm_lifecycle/run.py --json .cache/bench/vm_lifecycle.json

@@ -161,6 +161,7 @@ def slot_vms(plan, leases, images, vos, network, pool, user_data=None, shared_us
         for key, value in (extra_user_data or {}).items():
             data[key] = (data.get(key) or []) + value if isinstance(value, list) else value
         previous = (existing or {}).get(name) or {}
+        provenance = image.get("provenance") or {}
         vms.append({
             "name": name,
             "vcpus": slot["vcpus"],
@@ -175,6 +176,8 @@ def slot_vms(plan, leases, images, vos, network, pool, user_data=None, shared_us
                 "image_id": image["image_id"],
                 "image_version": str(image.get("version") or ""),
                 "image_sha512": image.get("sha512"),
+                "endorser_dn": provenance.get("endorser_dn"),
+                "image_list_id": provenance.get("list_id"),
                 "slot_host": slot["host"],
                 "fqdn": lease.get("fqdn") or name,
                 "changed_at": str(previous.get("changed_at") or "0"),
