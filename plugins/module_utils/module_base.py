@@ -38,6 +38,8 @@ class FabricModule:
         except Exception as exc:  # an unexpected bug: keep the traceback for the report
             self.module.fail_json(msg="unexpected error: %s" % exc, exception=traceback.format_exc(),
                                   changed=self.reconciler.changed, actions=self.reconciler.actions)
+        for warning in self.reconciler.warnings:
+            self.module.warn(warning)
         result.setdefault("changed", self.reconciler.changed)
         result.setdefault("actions", self.reconciler.actions)
         if self.module._diff:

@@ -20,6 +20,7 @@ class Reconciler:
         self.actions = []
         self.before = {}
         self.after = {}
+        self.warnings = []
 
     def act(self, description, func=None, *args, **kwargs):
         """Record a change; run ``func`` unless in check mode. Returns func's result (None in check mode)."""
@@ -41,7 +42,11 @@ class Reconciler:
         lets objects be changed concurrently without interleaving their records."""
         return Reconciler(check_mode=self.check_mode)
 
+    def warn(self, message):
+        self.warnings.append(message)
+
     def merge(self, child):
+        self.warnings.extend(child.warnings)
         self.changed = self.changed or child.changed
         self.actions.extend(child.actions)
         self.before.update(child.before)

@@ -115,6 +115,11 @@ class VmLifecycle:
             field = "disks[%d]" % index
             pool = storage.pool_by_name(self.conn, disk["pool"], field + ".pool")
             if disk["base_volume"] and storage.volume(pool, disk["base_volume"]) is None:
+                if self.reconciler.check_mode:
+                    # A play's check run stages nothing, so the image a later task uses is not there yet.
+                    self.reconciler.warn("disks[%d].base_volume: volume '%s' is not in pool '%s' (yet); the "
+                                         "real run fails unless it is staged first" % (index, disk["base_volume"], disk["pool"]))
+                    continue
                 raise FabricError("volume '%s' not found in pool '%s'; stage the image first "
                                   "(skygrid.fabric.vo_image) or correct the name"
                                   % (disk["base_volume"], disk["pool"]), field=field + ".base_volume")
@@ -224,8 +229,9 @@ class VmLifecycle:
             if storage.volume(pool, disk["volume"]) is not None:
                 continue
             backing, capacity = None, (disk["size_gb"] or 0) * storage.GIB
-            if disk["base_volume"]:
-                path, fmt, base_capacity = storage.volume_info(storage.volume(pool, disk["base_volume"]))
+            base = storage.volume(pool, disk["base_volume"]) if disk["base_volume"] else None
+            if base is not None:
+                path, fmt, base_capacity = storage.volume_info(base)
                 backing, capacity = (path, fmt), max(capacity, base_capacity)
             reconciler.act("create volume %s/%s" % (disk["pool"], disk["volume"])
                            + (" on %s" % disk["base_volume"] if backing else ""),

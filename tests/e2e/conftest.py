@@ -1,0 +1,57 @@
+"""The site in a box for end-to-end tests: this machine as a one-node Slurm site (inventories/local),
+with the demo's signed VO images served from 127.0.0.1. Playbooks run as a site admin runs them."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+INVENTORY = os.path.join(ROOT, "inventories", "local")
+RECAP = re.compile(r"^\S+\s*: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def run_playbook(name, *args):
+    """Run playbooks/<name>.yml against the local site; return (rc, output)."""
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, "collections"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    proc = subprocess.run(["ansible-playbook", "-i", INVENTORY, os.path.join(ROOT, "playbooks", name + ".yml")] + list(args),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, check=False, cwd=ROOT)
+    return proc.returncode, proc.stdout
+
+
+def recap(output):
+    """(ok, changed, unreachable, failed) summed over the PLAY RECAP lines."""
+    totals = [0, 0, 0, 0]
+    for match in RECAP.finditer(output):
+        for index in range(4):
+            totals[index] += int(match.group(index + 1))
+    return tuple(totals)
+
+
+def sh(*args, check=True):
+    return subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=check)
+
+
+@pytest.fixture(scope="session")
+def site():
+    """Libvirt, Slurm and the VO side ready; the site not converted."""
+    sh("bash", os.path.join(ROOT, "scripts", "testbed.sh"), "start")
+    sh("bash", os.path.join(ROOT, "scripts", "slurm-testbed.sh"), "start")
+    sh(sys.executable, os.path.join(ROOT, "scripts", "site_in_a_box", "prepare.py"))
+    rc, out = run_playbook("revert_worker_nodes")  # whatever an earlier run left
+    assert rc == 0, out[-3000:]
+    yield INVENTORY
+    run_playbook("revert_worker_nodes")
+
+
+@pytest.fixture(scope="session")
+def converted_site(site):
+    rc, out = run_playbook("convert_worker_nodes")
+    assert rc == 0, out[-4000:]
+    yield site

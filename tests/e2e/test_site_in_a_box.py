@@ -1,0 +1,83 @@
+"""Convert this machine into a VM host, check idempotency, run a job per VO inside its VO's VM,
+revert, and check nothing is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+from conftest import ROOT, recap, run_playbook, sh
+
+HOST = "localhost"
+VOS = ("atlas", "lhcb")
+SLOTS = ["%s-%s-1" % (HOST, vo) for vo in VOS]
+POOL_DIR = "/var/lib/skygrid/images"
+NODE = subprocess.run(["hostname", "-s"], stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+
+
+def virsh(*args):
+    return sh("virsh", "-c", "qemu:///system", *args, check=False).stdout
+
+
+def slurm_nodes():
+    return set(sh("sinfo", "-h", "-N", "-o", "%N").stdout.split())
+
+
+def node_state(name):
+    return sh("sinfo", "-h", "-N", "-n", name, "-o", "%T").stdout.strip()
+
+
+def leases():
+    out = subprocess.run([os.path.join(ROOT, ".venv", "bin", "python"), "-c", (
+        "import sqlite3,json,sys; c=sqlite3.connect('/var/lib/skygrid/ipam.sqlite');"
+        "print(json.dumps([r[0] for r in c.execute('select owner from leases')]))")],
+        stdout=subprocess.PIPE, text=True, check=False).stdout
+    return json.loads(out or "[]")
+
+
+def test_check_mode_shows_the_plan_and_changes_nothing(site):
+    rc, out = run_playbook("convert_worker_nodes", "--check", "--diff")
+    assert rc == 0, out[-3000:]
+    for slot in SLOTS:
+        assert slot in out and slot not in virsh("list", "--all", "--name")  # in the plan and the diff
+    assert not set(SLOTS) & slurm_nodes()
+    assert not set(SLOTS) & set(leases())
+
+
+def test_convert_is_idempotent_and_runs_each_vo_job_in_its_vm(converted_site):
+    running = virsh("list", "--name").split()
+    assert set(SLOTS) <= set(running)
+    assert all(node_state(slot) == "idle" for slot in SLOTS)
+    assert node_state(NODE).startswith("drain")  # the physical node is out of the batch system
+
+    rc, out = run_playbook("convert_worker_nodes")
+    assert rc == 0 and recap(out)[1] == 0, "second run changed something:\n" + out[-4000:]
+
+    jobs = {}
+    for vo in VOS:
+        jobs[vo] = sh("sbatch", "--parsable", "--constraint=" + vo, "--chdir=/tmp", "--output=/dev/null",
+                      "--wrap", "echo SKYGRID-JOB $SLURM_JOB_ID ran on $(hostname) for %s > /dev/ttyS0" % vo).stdout.strip()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sh("squeue", "-h", "-j", ",".join(jobs.values())).stdout.strip():
+        time.sleep(1)
+    for vo, job in jobs.items():
+        with open("/var/log/libvirt/qemu/%s-%s-1-console.log" % (HOST, vo), errors="replace") as handle:
+            assert "SKYGRID-JOB %s ran on %s-%s-1 for %s" % (job, HOST, vo, vo) in handle.read()
+
+    xml = virsh("dumpxml", SLOTS[0])
+    assert "<skygrid:vo>atlas</skygrid:vo>" in xml and "<skygrid:endorser_dn>" in xml
+    assert "clean-traffic" in xml  # each VM may only use its leased address
+
+
+def test_revert_leaves_nothing_behind(converted_site):
+    rc, out = run_playbook("revert_worker_nodes")
+    assert rc == 0, out[-3000:]
+    assert not set(SLOTS) & set(virsh("list", "--all", "--name").split())
+    assert not [name for name in os.listdir(POOL_DIR) if name.startswith(HOST + "-")]  # overlays and seeds
+    assert not set(SLOTS) & set(leases())
+    assert not set(SLOTS) & slurm_nodes()
+    assert node_state(NODE) in ("idle", "mixed", "allocated")  # back online
+    rc, out = run_playbook("revert_worker_nodes")
+    assert rc == 0 and recap(out)[1] == 0, "second revert changed something:\n" + out[-3000:]
