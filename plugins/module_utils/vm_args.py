@@ -36,7 +36,7 @@ VM_OPTIONS = dict(
         model=dict(type="str", default="virtio"),
     )),
     cloud_init=dict(type="dict", options=dict(
-        user_data=dict(type="raw"),
+        user_data=dict(type="raw", no_log=True),  # may carry credentials (munge key, tokens)
         meta_data=dict(type="raw"),
         network_config=dict(type="raw"),
     )),

@@ -156,7 +156,10 @@ options:
     type: dict
     suboptions:
       user_data:
-        description: user-data as a string, or a dict written as C(#cloud-config).
+        description:
+          - user-data as a string, or a dict written as C(#cloud-config).
+          - Never shown in the module's output (it may carry credentials). Items of O(vms) are not
+            masked by Ansible; run such a task with C(no_log) when their user-data holds secrets.
         type: raw
       meta_data:
         description: meta-data as a string, or a dict merged over C(instance-id) and C(local-hostname) (both the VM name).

@@ -44,6 +44,7 @@ def test_preemption_only_when_allowed_and_above_share():
     assert plan_moves(slots, {"lhcb": {"queued": 4}}, vos, now=10000, max_changes=10) == []
     moves = plan_moves(slots, {"lhcb": {"queued": 4}}, vos, now=10000, max_changes=10, allow_preemption=True)
     assert len(moves) == 3 and all(m["preempt"] for m in moves)  # down to atlas's share (3 of 6), no further
+
     def preempted(hysteresis):
         return len(plan_moves(site(4, 0), {"lhcb": {"queued": 4}}, vos, now=10000, max_changes=10,
                               allow_preemption=True, hysteresis=hysteresis))
@@ -59,8 +60,8 @@ def test_max_changes_bounds_a_run():
 def test_deterministic():
     slots = site(1, 5)
     demand = {"lhcb": {"queued": 3}}
-    assert plan_moves(slots, demand, VOS, now=1e6, max_changes=3) == plan_moves(list(reversed(slots)), demand, VOS,
-                                                                                 now=1e6, max_changes=3)
+    forward = plan_moves(slots, demand, VOS, now=1e6, max_changes=3)
+    assert forward == plan_moves(list(reversed(slots)), demand, VOS, now=1e6, max_changes=3)
 
 
 SLOT = st.fixed_dictionaries({"host": st.sampled_from(["wn1", "wn2", "wn3"]),
