@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import BASE_VOLUME, POOL, PREFIX, URI, wait_for
 from modrun import run_module
@@ -65,6 +67,8 @@ def test_dhcp_hosts_change_live_while_the_guest_keeps_its_lease(conn, pool, base
           "kernel": guest["kernel"], "initrd": guest["initrd"], "cmdline": "console=ttyS0 quiet", "console_log": log,
           "disks": [{"pool": POOL, "base_volume": BASE_VOLUME}],
           "nics": [{"network": NET, "mac": "52:54:00:5b:00:01", "ip": SUBNET + ".11"}]}
+    if os.path.exists(log):
+        os.unlink(log)  # console logs are appended to: start from an empty one
     ok(run_module("vm", vm))
     try:
         wait_for(lambda: "SKYGRID-IP: " in open(log, errors="replace").read(), 90, what="the guest's lease")

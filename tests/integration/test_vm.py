@@ -3,6 +3,7 @@ diff, the vms list, the tiny guest reading its NoCloud seed and DHCP lease, and 
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -139,6 +140,8 @@ def test_tiny_guest_boots_reads_seed_and_gets_its_lease(conn, pool, base_volume,
               cloud_init={"user_data": "#cloud-config\n#skygrid-marker: %s\n" % marker,
                           "meta_data": {"local-hostname": "sgtest-guest"}},
               metadata={"vo": "atlas", "trust_class": 2, "image_id": "sgtest-image"})
+    if os.path.exists(log):
+        os.unlink(log)  # console logs are appended to: start from an empty one
     ok(run_module("vm", spec))
 
     def console():
