@@ -66,6 +66,14 @@ def test_convert_is_idempotent_and_runs_each_vo_job_in_its_vm(converted_site):
         with open("/var/log/libvirt/qemu/%s-%s-1-console.log" % (HOST, vo), errors="replace") as handle:
             assert "SKYGRID-JOB %s ran on %s-%s-1 for %s" % (job, HOST, vo, vo) in handle.read()
 
+    # Each VM took exactly its leased address from the network's DHCP (the lease became a reservation).
+    leased = dict(json.loads(subprocess.run([os.path.join(ROOT, ".venv", "bin", "python"), "-c", (
+        "import sqlite3,json; c=sqlite3.connect('/var/lib/skygrid/ipam.sqlite');"
+        "print(json.dumps([[r[0], r[1]] for r in c.execute('select owner, ip from leases')]))")],
+        stdout=subprocess.PIPE, text=True, check=True).stdout))
+    for slot in SLOTS:
+        assert leased[slot] in virsh("domifaddr", slot, "--source", "lease")
+
     xml = virsh("dumpxml", SLOTS[0])
     assert "<skygrid:vo>atlas</skygrid:vo>" in xml and "<skygrid:endorser_dn>" in xml
     assert "clean-traffic" in xml  # each VM may only use its leased address
@@ -78,6 +86,7 @@ def test_revert_leaves_nothing_behind(converted_site):
     assert not [name for name in os.listdir(POOL_DIR) if name.startswith(HOST + "-")]  # overlays and seeds
     assert not set(SLOTS) & set(leases())
     assert not set(SLOTS) & slurm_nodes()
-    assert node_state(NODE) in ("idle", "mixed", "allocated")  # back online
+    # Back online: schedulable again ("*" only says slurmctld has not heard from slurmd lately).
+    assert node_state(NODE).rstrip("*") in ("idle", "mixed", "allocated")
     rc, out = run_playbook("revert_worker_nodes")
     assert rc == 0 and recap(out)[1] == 0, "second revert changed something:\n" + out[-3000:]
