@@ -17,8 +17,8 @@ description:
     AMD-V; sandboxes that expose C(/dev/kvm) without them get C(qemu).
 author:
   - skygrid.fabric contributors (@skygrid)
-requirements:
-  - libvirt-python (or the distribution's python3-libvirt) on the hypervisor
+extends_documentation_fragment:
+  - skygrid.fabric.libvirt
 attributes:
   check_mode:
     support: full
@@ -26,11 +26,6 @@ attributes:
   diff_mode:
     support: none
     description: Reads only.
-options:
-  uri:
-    description: libvirt connection URI of the hypervisor.
-    type: str
-    default: qemu:///system
 seealso:
   - module: skygrid.fabric.vm_info
 """

@@ -20,8 +20,8 @@ description:
     it - refused while VMs are attached unless O(allow_restart=true).
 author:
   - skygrid.fabric contributors (@skygrid)
-requirements:
-  - libvirt-python (or the distribution's python3-libvirt) on the hypervisor
+extends_documentation_fragment:
+  - skygrid.fabric.libvirt
 attributes:
   check_mode:
     support: full
@@ -30,10 +30,6 @@ attributes:
     support: full
     description: Shows the network's spec before and after.
 options:
-  uri:
-    description: libvirt connection URI of the hypervisor.
-    type: str
-    default: qemu:///system
   name:
     description: Network name.
     type: str
@@ -165,17 +161,14 @@ actions:
 """
 
 from ansible_collections.skygrid.fabric.plugins.module_utils import network_spec
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import connection
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_object import OBJECT_STATES, ObjectManager
-from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 from ansible_collections.skygrid.fabric.plugins.module_utils.networks import NetworkKind
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_object_module import COMMON_OPTIONS, LibvirtObjectModule
 
 
-class LibvirtNetworkModule(FabricModule):
+class LibvirtNetworkModule(LibvirtObjectModule):
+    result_key = "network"
     argument_spec = dict(
-        uri=dict(type="str", default="qemu:///system"),
-        name=dict(type="str", required=True),
-        state=dict(type="str", default="active", choices=list(OBJECT_STATES)),
+        COMMON_OPTIONS,
         mode=dict(type="str", default="nat", choices=list(network_spec.MODES)),
         bridge=dict(type="str"),
         cidr=dict(type="str"),
@@ -188,24 +181,13 @@ class LibvirtNetworkModule(FabricModule):
             name=dict(type="str"),
         )),
         domain=dict(type="str"),
-        autostart=dict(type="bool"),
-        allow_restart=dict(type="bool", default=False),
     )
 
-    def run(self):
-        params = self.params
-        state = params["state"]
-        wanted = network_spec.normalise(params) if state != "absent" else None
-        autostart = params["autostart"]
-        if autostart is None and state != "absent":
-            autostart = state != "inactive"
-        with connection(params["uri"]) as conn:
-            manager = ObjectManager(NetworkKind(conn, params["name"]), self.reconciler)
-            result = manager.ensure(params["name"], state, wanted, autostart=autostart,
-                                    allow_restart=params["allow_restart"])
-        if wanted is not None:
-            result["spec"] = wanted
-        return {"network": result}
+    def normalise(self, params):
+        return network_spec.normalise(params)
+
+    def kind(self, conn, name):
+        return NetworkKind(conn, name)
 
 
 def main():

@@ -18,8 +18,8 @@ description:
   - O(state=absent) refuses to delete volumes unless O(purge=true), and always refuses while VMs use them.
 author:
   - skygrid.fabric contributors (@skygrid)
-requirements:
-  - libvirt-python (or the distribution's python3-libvirt) on the hypervisor
+extends_documentation_fragment:
+  - skygrid.fabric.libvirt
 attributes:
   check_mode:
     support: full
@@ -28,10 +28,6 @@ attributes:
     support: full
     description: Shows the pool's spec before and after.
 options:
-  uri:
-    description: libvirt connection URI of the hypervisor.
-    type: str
-    default: qemu:///system
   name:
     description: Pool name.
     type: str
@@ -135,16 +131,13 @@ actions:
 """
 
 from ansible_collections.skygrid.fabric.plugins.module_utils import pools
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import connection
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_object import OBJECT_STATES, ObjectManager
-from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_object_module import COMMON_OPTIONS, LibvirtObjectModule
 
 
-class LibvirtPoolModule(FabricModule):
+class LibvirtPoolModule(LibvirtObjectModule):
+    result_key = "pool"
     argument_spec = dict(
-        uri=dict(type="str", default="qemu:///system"),
-        name=dict(type="str", required=True),
-        state=dict(type="str", default="active", choices=list(OBJECT_STATES)),
+        COMMON_OPTIONS,
         type=dict(type="str", default="dir", choices=list(pools.POOL_TYPES)),
         path=dict(type="path"),
         vg_name=dict(type="str"),
@@ -152,25 +145,14 @@ class LibvirtPoolModule(FabricModule):
         mode=dict(type="str"),
         owner=dict(type="str"),
         group=dict(type="str"),
-        autostart=dict(type="bool"),
         purge=dict(type="bool", default=False),
-        allow_restart=dict(type="bool", default=False),
     )
 
-    def run(self):
-        params = self.params
-        state = params["state"]
-        wanted = pools.normalise(params) if state != "absent" else None
-        autostart = params["autostart"]
-        if autostart is None and state != "absent":
-            autostart = state != "inactive"
-        with connection(params["uri"]) as conn:
-            manager = ObjectManager(pools.PoolKind(conn, params["name"]), self.reconciler)
-            result = manager.ensure(params["name"], state, wanted, autostart=autostart,
-                                    allow_restart=params["allow_restart"], params=params)
-        if wanted is not None:
-            result["spec"] = wanted
-        return {"pool": result}
+    def normalise(self, params):
+        return pools.normalise(params)
+
+    def kind(self, conn, name):
+        return pools.PoolKind(conn, name)
 
 
 def main():

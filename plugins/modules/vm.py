@@ -22,8 +22,9 @@ description:
 author:
   - skygrid.fabric contributors (@skygrid)
 requirements:
-  - libvirt-python (or the distribution's python3-libvirt) on the hypervisor
   - genisoimage, mkisofs or xorriso on the hypervisor when O(cloud_init) is used
+extends_documentation_fragment:
+  - skygrid.fabric.libvirt
 attributes:
   check_mode:
     support: full
@@ -32,10 +33,6 @@ attributes:
     support: full
     description: Shows each VM's spec before and after, keyed by VM name.
 options:
-  uri:
-    description: libvirt connection URI of the hypervisor.
-    type: str
-    default: qemu:///system
   name:
     description:
       - Name of the VM (also its hostname and the prefix of its volumes).

@@ -17,8 +17,8 @@ description:
   - Answers "which image, of which VO, endorsed by whom, runs on this host".
 author:
   - skygrid.fabric contributors (@skygrid)
-requirements:
-  - libvirt-python (or the distribution's python3-libvirt) on the hypervisor
+extends_documentation_fragment:
+  - skygrid.fabric.libvirt
 attributes:
   check_mode:
     support: full
@@ -27,10 +27,6 @@ attributes:
     support: none
     description: Reads only.
 options:
-  uri:
-    description: libvirt connection URI of the hypervisor.
-    type: str
-    default: qemu:///system
   name:
     description: Only this VM (an empty list when it does not exist).
     type: str
