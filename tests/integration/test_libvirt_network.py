@@ -12,7 +12,7 @@ pytestmark = pytest.mark.libvirt
 libvirt = pytest.importorskip("libvirt")
 
 NET = PREFIX + "-netmod"
-SUBNET = "192.168.239"
+SUBNET = "192.168.229"
 
 
 def net_args(**over):
@@ -96,19 +96,19 @@ def test_dhcp_hosts_change_live_while_the_guest_keeps_its_lease(conn, pool, base
         assert net.bridgeName() == bridge_before and conn.lookupByName(name).isActive()
         assert leased()
         # A subnet change needs a restart: refused while the VM is attached...
-        moved_subnet = {"cidr": "192.168.240.0/24", "hosts": [],
-                        "dhcp_range": {"start": "192.168.240.100", "end": "192.168.240.150"}}
+        moved_subnet = {"cidr": "192.168.228.0/24", "hosts": [],
+                        "dhcp_range": {"start": "192.168.228.100", "end": "192.168.228.150"}}
         refused = run_module("libvirt_network", net_args(**moved_subnet))
         assert refused.failed and refused["field"] == "allow_restart" and "VM " + name in refused["msg"]
         assert conn.networkLookupByName(NET).isActive()
     finally:
         ok(run_module("vm", dict(vm, state="absent")))
     # ...and done once it is not.
-    moved_net = ok(run_module("libvirt_network", net_args(cidr="192.168.240.0/24", hosts=[],
-                                                          dhcp_range={"start": "192.168.240.100",
-                                                                      "end": "192.168.240.150"})))
+    moved_net = ok(run_module("libvirt_network", net_args(cidr="192.168.228.0/24", hosts=[],
+                                                          dhcp_range={"start": "192.168.228.100",
+                                                                      "end": "192.168.228.150"})))
     assert moved_net["network"]["restarted"] is True
-    assert "192.168.240.1" in conn.networkLookupByName(NET).XMLDesc(0)
+    assert "192.168.228.1" in conn.networkLookupByName(NET).XMLDesc(0)
 
 
 @pytest.mark.parametrize("over, field", [
