@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import xml.etree.ElementTree as ET
 
 from ansible_collections.skygrid.fabric.plugins.module_utils import vm_spec
@@ -168,7 +169,11 @@ class PoolKind(ObjectKind):
             if not obj.isActive():
                 self.start(obj)
             for volume in obj.listAllVolumes():
-                volume.delete(0)
+                if volume.info()[0] == libvirt.VIR_STORAGE_VOL_DIR and os.path.isdir(volume.path()):
+                    # libvirt only removes empty directories (such as vo_image's .skygrid bookkeeping)
+                    shutil.rmtree(volume.path())
+                else:
+                    volume.delete(0)
             obj.destroy()
             obj.delete(libvirt.VIR_STORAGE_POOL_DELETE_NORMAL)  # removes the (now empty) directory
         obj.undefine()

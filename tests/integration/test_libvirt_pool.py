@@ -57,6 +57,8 @@ def test_create_update_and_remove(conn, pool_dir):
     in_use = run_module("libvirt_pool", dict(args, state="absent", purge=True))
     assert in_use.failed and PREFIX + "-pooluser" in in_use["msg"]
     ok(run_module("vm", dict(vm, state="absent")))
+    os.makedirs(os.path.join(pool_dir, ".skygrid", "provenance"))  # bookkeeping as vo_image keeps it
+    conn.storagePoolLookupByName(NAME).refresh(0)
     purged = ok(run_module("libvirt_pool", dict(args, state="absent", purge=True)))
     assert purged["changed"] and not os.path.exists(pool_dir)
     with pytest.raises(libvirt.libvirtError):
