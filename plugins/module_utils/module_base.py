@@ -20,9 +20,12 @@ class FabricModule:
 
     argument_spec = {}
     module_kwargs = {}
+    # Every module of the collection runs its changes through the Reconciler, which skips them in check mode.
+    supports_check_mode = True
 
     def __init__(self):
-        self.module = AnsibleModule(argument_spec=self.argument_spec, supports_check_mode=True, **self.module_kwargs)
+        self.module = AnsibleModule(argument_spec=self.argument_spec, supports_check_mode=self.supports_check_mode,
+                                    **self.module_kwargs)
         self.params = self.module.params
         self.reconciler = Reconciler(check_mode=self.module.check_mode)
 

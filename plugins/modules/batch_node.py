@@ -238,6 +238,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import 
 
 
 class BatchNodeModule(FabricModule):
+    supports_check_mode = True
     argument_spec = dict(
         backend=dict(type="str", required=True, choices=["torque", "slurm"]),
         name=dict(type="str", required=True),

@@ -101,6 +101,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import 
 
 
 class HypervisorInfoModule(FabricModule):
+    supports_check_mode = True
     argument_spec = dict(uri=dict(type="str", default="qemu:///system"))
 
     def run(self):

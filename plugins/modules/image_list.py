@@ -211,6 +211,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import 
 
 
 class ImageListModule(FabricModule):
+    supports_check_mode = True
     argument_spec = dict(
         url=dict(type="str", required=True, aliases=["list_url"]),
         endorsers=dict(type="list", elements="dict", required=True, options=dict(

@@ -296,6 +296,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import 
 
 
 class IpLeaseModule(FabricModule):
+    supports_check_mode = True
     argument_spec = dict(
         pool=dict(type="str"),
         pools=dict(type="dict", default={}),

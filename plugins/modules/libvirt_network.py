@@ -166,6 +166,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_object_modu
 
 
 class LibvirtNetworkModule(LibvirtObjectModule):
+    supports_check_mode = True
     result_key = "network"
     argument_spec = dict(
         COMMON_OPTIONS,

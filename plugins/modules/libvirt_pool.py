@@ -135,6 +135,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_object_modu
 
 
 class LibvirtPoolModule(LibvirtObjectModule):
+    supports_check_mode = True
     result_key = "pool"
     argument_spec = dict(
         COMMON_OPTIONS,

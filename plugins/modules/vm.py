@@ -375,6 +375,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.vm_migration import
 
 
 class VmModule(FabricModule):
+    supports_check_mode = True
     argument_spec = dict(VM_OPTIONS, uri=dict(type="str", default="qemu:///system"),
                          vms=dict(type="list", elements="dict"),
                          parallel=dict(type="int", default=4),

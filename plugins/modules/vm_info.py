@@ -119,6 +119,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.vm_report import de
 
 
 class VmInfoModule(FabricModule):
+    supports_check_mode = True
     argument_spec = dict(
         uri=dict(type="str", default="qemu:///system"),
         name=dict(type="str"),

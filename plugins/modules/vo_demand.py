@@ -183,6 +183,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import 
 
 
 class VoDemandModule(FabricModule):
+    supports_check_mode = True
     argument_spec = dict(
         backend=dict(type="str", required=True, choices=["torque", "slurm"]),
         vos=dict(type="dict", default={}),

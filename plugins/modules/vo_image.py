@@ -336,6 +336,7 @@ ENDORSER_OPTIONS = dict(dn=dict(type="str", required=True), ca=dict(type="str", 
 
 
 class VoImageModule(FabricModule):
+    supports_check_mode = True
     argument_spec = dict(
         uri=dict(type="str", default="qemu:///system"),
         pool=dict(type="str", required=True),
