@@ -10,7 +10,7 @@ DEBIAN_PACKAGES=(
   libvirt-dev pkg-config gcc tini genisoimage iptables
   python3-venv git shellcheck
   munge slurmctld slurmd slurm-client
-  busybox-static cpio kmod
+  busybox-static cpio kmod debootstrap e2fsprogs openssl
 )
 
 missing=()
