@@ -77,7 +77,7 @@ class Migration:
             verb += " copying %s" % ", ".join(copy_targets)
         started = time.monotonic()
         try:
-            self.reconciler.act(verb, self._migrate, here, copy_targets)
+            self.reconciler.act(verb, self._migrate, here, spec, copy_targets)
         except FabricError:
             self._remove_destination_copies(precreate, seed_copy)
             raise
@@ -145,14 +145,14 @@ class Migration:
                 seed_copy = (spec["seed"]["pool"], spec["seed"]["volume"])
         return copy_targets, precreate, seed_copy
 
-    def _migrate(self, dom, copy_targets):
+    def _migrate(self, dom, spec, copy_targets):
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_ABORT_ON_ERROR)
         params = {libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)}
         if copy_targets:
             flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
             params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = copy_targets
-            params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = self._destination_xml(dom, copy_targets)
+            params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = self._destination_xml(dom, spec, copy_targets)
         if self.params.get("migrate_uri"):
             params[libvirt.VIR_MIGRATE_PARAM_URI] = self.params["migrate_uri"]
         timeout = int(self.params.get("migrate_timeout") or 600)
@@ -184,7 +184,7 @@ class Migration:
             raise FabricError("live migration of %s to %s failed: %s.%s The VM still runs on the source."
                               % (dom.name(), self.dst_uri, message, hint), field="migrate_to")
 
-    def _destination_xml(self, dom, copy_targets):
+    def _destination_xml(self, dom, spec, copy_targets):
         """The running VM's XML with each copied disk pointing at the destination's file.
 
         libvirt (up to at least 9.x) refuses an incremental storage copy of a pool/volume disk: it
@@ -192,7 +192,7 @@ class Migration:
         avoids that; the persistent definition (PERSIST_XML) keeps the pool/volume form.
         """
         root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE))
-        volumes = {disk["target"]: disk for disk in self._running_spec(dom)["disks"]}
+        volumes = {disk["target"]: disk for disk in spec["disks"]}
         for disk in root.findall("devices/disk"):
             target = disk.find("target").get("dev")
             if target not in copy_targets:
