@@ -103,7 +103,7 @@ class VmLifecycle:
 
     def _check_against_host(self, spec):
         if self._host_limits is None:
-            self._host_limits = host.host_limits(self.conn)
+            self._host_limits = host.host_limits(self.conn, self.uri)
         cpus, memory_mb = self._host_limits
         if spec["vcpus"] > cpus:
             raise FabricError("%d vCPUs asked, but this host has %d logical CPUs; lower vcpus (the "
