@@ -57,7 +57,7 @@ def owners(start, count):
 
 def in_python(db, count, batch):
     sys.path.insert(0, COLLECTIONS)
-    from ansible_collections.skygrid.fabric.plugins.module_utils import ipam
+    from ansible_collections.skygrid.fabric.plugins.module_utils.ipam import store as ipam
     from ansible_collections.skygrid.fabric.plugins.module_utils.reconcile import Reconciler
     calls = []
     start = time.monotonic()

@@ -206,7 +206,7 @@ images:
       format: qcow2
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import image_list
+from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 

@@ -291,7 +291,7 @@ actions:
   elements: str
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import ipam
+from ansible_collections.skygrid.fabric.plugins.module_utils.ipam import store as ipam
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 

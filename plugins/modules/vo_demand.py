@@ -178,7 +178,7 @@ jobs:
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch import get_backend
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch.runner import AnsibleRunner
-from ansible_collections.skygrid.fabric.plugins.module_utils.demand import MATCH_BY, read_demand
+from ansible_collections.skygrid.fabric.plugins.module_utils.planning.demand import MATCH_BY, read_demand
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 

@@ -325,10 +325,10 @@ kept:
 
 import contextlib
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import image_list
+from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.image_staging import ImageStager, check_trust_class
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import connection
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.staging import ImageStager, check_trust_class
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 IMAGE_KEYS = ("version", "image_url", "sha512", "size", "format")

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import ipam
+from ansible_collections.skygrid.fabric.plugins.module_utils.ipam import store as ipam
 from modrun import run_module
 
 POOLS = {

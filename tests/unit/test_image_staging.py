@@ -13,8 +13,8 @@ import subprocess
 
 import pytest
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import image_staging as st
-from ansible_collections.skygrid.fabric.plugins.module_utils import vm_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.images import staging as st
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from integration import imagelist_fixtures as fx
 
