@@ -325,7 +325,7 @@ class IpLeaseModule(FabricModule):
         params = self.params
         requests = build_requests(params["pool"], params["owner"], params["state"], params["leases"])
         report = transaction.run(params["db"], params["pools"], requests, self.reconciler, export=params["export"],
-                          pool=params["pool"], timeout=params["timeout"])
+                                 pool=params["pool"], timeout=params["timeout"])
         leases = report.pop("leases")
         if params["owner"]:
             report["lease"] = leases[0]
