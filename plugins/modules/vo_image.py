@@ -327,7 +327,8 @@ import contextlib
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.images.staging import ImageStager, check_trust_class
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.names import check_trust_class
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.staging import ImageStager
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
