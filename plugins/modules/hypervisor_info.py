@@ -110,8 +110,8 @@ hypervisor:
     running_domain_count: 12
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import host
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import connection
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import host
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 

@@ -10,7 +10,7 @@ import os
 import stat
 import xml.etree.ElementTree as ET
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import libvirt
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import libvirt
 
 KSM_DIR = "/sys/kernel/mm/ksm"
 
