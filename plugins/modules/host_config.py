@@ -126,7 +126,7 @@ actions:
   sample: ["set user, group in /etc/libvirt/qemu.conf", "set the group of /dev/kvm to kvm"]
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import host_config
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import host_config
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import host
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import host
 
 
 def test_kernel_memory_is_memtotal_in_mib(tmp_path):

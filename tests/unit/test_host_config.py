@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import host_config
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import host_config
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from ansible_collections.skygrid.fabric.plugins.module_utils.reconcile import Reconciler
 
