@@ -99,7 +99,7 @@ from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.operations import inventory
+from ansible_collections.skygrid.fabric.plugins.module_utils.operations import inventory as vm_inventory
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
@@ -111,13 +111,13 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     def _read(self, hypervisors):
         workers = max(1, min(self.get_option("max_parallel"), len(hypervisors)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(inventory.read_hypervisor, hypervisors))
+            return list(pool.map(vm_inventory.read_hypervisor, hypervisors))
 
-    def parse(self, inventory_data, loader, path, cache=True):
-        super().parse(inventory_data, loader, path, cache)
+    def parse(self, inventory, loader, path, cache=True):
+        super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
         try:
-            hypervisors = inventory.normalise_hypervisors(self.get_option("hypervisors"))
+            hypervisors = vm_inventory.normalise_hypervisors(self.get_option("hypervisors"))
         except FabricError as exc:
             raise AnsibleParserError("%s: %s" % (path, exc))
         cache_key = self.get_cache_key(path)
@@ -136,7 +136,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         self._populate(readings)
 
     def _populate(self, readings):
-        result = inventory.build(readings, managed_only=self.get_option("managed_only"),
+        result = vm_inventory.build(readings, managed_only=self.get_option("managed_only"),
                                  vars_prefix=self.get_option("vars_prefix"),
                                  group_prefix=self.get_option("group_prefix"))
         if result["unreachable"] and self.get_option("strict_hypervisors"):

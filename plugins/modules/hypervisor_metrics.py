@@ -67,8 +67,8 @@ options:
       vo:
         description: The VO it concerns (staging, verification), if any.
         type: str
-      message:
-        description: The failure's message (returned, kept in O(state_file); not a metric).
+      reason:
+        description: Why it failed (returned, kept in O(state_file); not a metric).
         type: str
 seealso:
   - module: skygrid.fabric.vm_info
@@ -91,7 +91,7 @@ textfile:
   returned: always
   type: str
 events:
-  description: The recorded events (last run, result, success and failure times, failure message) by name and VO.
+  description: The recorded events (last run, result, success and failure times, failure reason) by name and VO.
   returned: always
   type: dict
 """
@@ -126,7 +126,7 @@ class HypervisorMetricsModule(FabricModule):
             name=dict(type="str", required=True, choices=list(metrics.EVENTS)),
             result=dict(type="str", required=True, choices=list(metrics.RESULTS)),
             vo=dict(type="str"),
-            message=dict(type="str"),
+            reason=dict(type="str"),
         )),
     )
 
@@ -159,8 +159,9 @@ class HypervisorMetricsModule(FabricModule):
             text = metrics.render(describe_all(conn), self._images(conn), new_state,
                                   self.params["hypervisor"] or socket.getfqdn())
         if new_state != state:
-            what = " and ".join(part for part, given in (("slot plan", new_state.get("slots") != state.get("slots")),
-                                                          ("%s event" % (event or {}).get("name"), event)) if given)
+            parts = [("slot plan", new_state.get("slots") != state.get("slots")),
+                     ("%s event" % (event or {}).get("name"), event is not None)]
+            what = " and ".join(part for part, given in parts if given)
             self.reconciler.act("record the %s in %s" % (what, state_file), _write, state_file,
                                 metrics.state_text(new_state))
         before = metrics.read_textfile(textfile)

@@ -75,8 +75,8 @@ def test_textfile_written_atomically_idempotent_and_events_recorded(tmp_path, ho
     assert not again["changed"], again["actions"]
 
     failed = run_module("hypervisor_metrics", dict(args, event={"name": "converge", "result": "failure",
-                                                                "message": "drain timed out"}))
-    assert failed["changed"] and failed["events"]["converge"]["last_failure_message"] == "drain timed out"
+                                                                "reason": "drain timed out"}))
+    assert failed["changed"] and failed["events"]["converge"]["last_failure_reason"] == "drain timed out"
     assert 'skygrid_last_result_success{event="converge",hypervisor="sgops-hv",vo=""} 0' in (
         tmp_path / "prom" / "skygrid.prom").read_text()
 

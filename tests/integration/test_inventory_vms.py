@@ -99,10 +99,10 @@ def test_strict_hypervisors_fails_naming_the_unreachable_one(tmp_path):
 def test_the_inventory_cache_serves_a_second_run(tmp_path, defined_vm):
     cache = {"cache": True, "cache_plugin": "ansible.builtin.jsonfile", "cache_connection": str(tmp_path / "cache"),
              "cache_timeout": 600, "hypervisors": [URI]}
-    first, _ = inventory(tmp_path, **cache)
+    first, _warnings = inventory(tmp_path, **cache)
     assert VM_NAME in first["_meta"]["hostvars"]
     defined_vm.undefine()
-    cached, _ = inventory(tmp_path, **cache)
+    cached, _warnings = inventory(tmp_path, **cache)
     assert VM_NAME in cached["_meta"]["hostvars"]  # from the cache, not libvirt
-    fresh, _ = inventory(tmp_path, "--flush-cache", **cache)
+    fresh, _warnings = inventory(tmp_path, "--flush-cache", **cache)
     assert VM_NAME not in fresh["_meta"]["hostvars"]

@@ -53,10 +53,10 @@ def test_events_keep_the_last_success_and_failure():
     state = {}
     state = metrics.record_event(state, metrics.check_event({"name": "converge", "result": "success"}), 100)
     state = metrics.record_event(state, metrics.check_event({"name": "converge", "result": "failure",
-                                                             "message": "drain timed out"}), 200)
+                                                             "reason": "drain timed out"}), 200)
     state = metrics.record_event(state, metrics.check_event({"name": "staging", "result": "failure", "vo": "atlas",
-                                                             "message": "sha512 mismatch"}), 150)
-    assert state["events"]["converge"]["last_failure_message"] == "drain timed out"
+                                                             "reason": "sha512 mismatch"}), 150)
+    assert state["events"]["converge"]["last_failure_reason"] == "drain timed out"
     text = metrics.render([], [], state, "wn1")
     assert samples(text, "skygrid_last_success_timestamp_seconds") == {
         'skygrid_last_success_timestamp_seconds{event="converge",hypervisor="wn1",vo=""}': 100}

@@ -38,14 +38,14 @@ def _metric(lines, name, kind, help_text, samples):
 
 
 def check_event(event):
-    """The ``event`` option: {name, result, message}."""
+    """The ``event`` option: {name, result, vo, reason}."""
     if event is None:
         return None
     if event.get("name") not in EVENTS:
         raise FabricError("must be one of %s" % ", ".join(EVENTS), field="event.name")
     if event.get("result") not in RESULTS:
         raise FabricError("must be success or failure", field="event.result")
-    return {"name": event["name"], "result": event["result"], "message": str(event.get("message") or "")[:500],
+    return {"name": event["name"], "result": event["result"], "reason": str(event.get("reason") or "")[:500],
             "vo": str(event.get("vo") or "")}
 
 
@@ -70,7 +70,7 @@ def record_event(state, event, now):
     entry["last_result"] = event["result"]
     entry["last_" + event["result"]] = now
     if event["result"] == "failure":
-        entry["last_failure_message"] = event["message"]
+        entry["last_failure_reason"] = event["reason"]
     state.setdefault("events", {})[key] = entry
     return state
 
