@@ -137,8 +137,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
     def _populate(self, readings):
         result = vm_inventory.build(readings, managed_only=self.get_option("managed_only"),
-                                 vars_prefix=self.get_option("vars_prefix"),
-                                 group_prefix=self.get_option("group_prefix"))
+                                    vars_prefix=self.get_option("vars_prefix"),
+                                    group_prefix=self.get_option("group_prefix"))
         if result["unreachable"] and self.get_option("strict_hypervisors"):
             raise AnsibleParserError("; ".join(result["warnings"]))
         for warning in result["warnings"]:
