@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import vm_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 
 libvirt = pytest.importorskip("libvirt")
 
