@@ -13,6 +13,7 @@ import time
 import pytest
 
 from ansible_collections.skygrid.fabric.plugins.module_utils import vm_spec
+from libvirt_objects import remove
 
 libvirt = pytest.importorskip("libvirt")
 
@@ -25,18 +26,11 @@ SHA512 = "5e" * 64
 UNREACHABLE = "qemu+ssh://root@127.0.0.1:1/system?no_tty=1"
 
 
-def _undefine(conn, name):
-    try:
-        conn.lookupByName(name).undefine()
-    except libvirt.libvirtError:
-        pass
-
-
 @pytest.fixture
 def defined_vm():
     libvirt.registerErrorHandler(lambda _c, _e: None, None)
     conn = libvirt.open(URI)
-    _undefine(conn, VM_NAME)
+    remove(conn, domains=[VM_NAME])
     spec, _seed = vm_spec.normalise({
         "name": VM_NAME, "virt_type": "qemu", "vcpus": 1, "memory_mb": 64,
         "nics": [{"network": "sgops-inv-net", "ip": PINNED_IP}],
@@ -44,7 +38,7 @@ def defined_vm():
                      "image_sha512": SHA512, "batch_state": "drained"}})
     dom = conn.defineXML(vm_spec.to_xml(spec))
     yield dom
-    _undefine(conn, VM_NAME)
+    remove(conn, domains=[VM_NAME])
     conn.close()
 
 
@@ -60,18 +54,8 @@ def leased_vm(request):
     libvirt.registerErrorHandler(lambda _c, _e: None, None)
     conn = libvirt.open(URI)
 
-    def remove():
-        for lookup, name in ((conn.lookupByName, LEASE_VM), (conn.networkLookupByName, LEASE_NET)):
-            try:
-                obj = lookup(name)
-            except libvirt.libvirtError:
-                continue
-            if obj.isActive():
-                obj.destroy()
-            obj.undefine()
-
-    remove()
-    request.addfinalizer(lambda: (remove(), conn.close()))
+    remove(conn, domains=[LEASE_VM], networks=[LEASE_NET])
+    request.addfinalizer(lambda: (remove(conn, domains=[LEASE_VM], networks=[LEASE_NET]), conn.close()))
     net = conn.networkDefineXML(
         "<network><name>%s</name><bridge name='sgopsinv0' stp='on' delay='0'/><ip address='192.168.239.1' "
         "netmask='255.255.255.0'><dhcp><range start='192.168.239.100' end='192.168.239.120'/></dhcp></ip>"
