@@ -100,12 +100,12 @@ import os
 import socket
 import time
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.image_staging import PoolStore
-from ansible_collections.skygrid.fabric.plugins.module_utils.ipam import write_atomic
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import connection, lookup
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.pool_store import PoolStore
+from ansible_collections.skygrid.fabric.plugins.module_utils.files import write_atomic
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection, lookup
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 from ansible_collections.skygrid.fabric.plugins.module_utils.operations import metrics
-from ansible_collections.skygrid.fabric.plugins.module_utils.vm_report import describe_all
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.report import describe_all
 
 
 def _write(path, text):

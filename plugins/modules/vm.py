@@ -374,11 +374,11 @@ actions:
   elements: str
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import connection
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
-from ansible_collections.skygrid.fabric.plugins.module_utils.vm_args import VM_OPTIONS, vm_items
-from ansible_collections.skygrid.fabric.plugins.module_utils.vm_lifecycle import VmLifecycle
-from ansible_collections.skygrid.fabric.plugins.module_utils.vm_migration import COPY_MODES, Migration
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.args import VM_OPTIONS, vm_items
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.lifecycle import VmLifecycle
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.migration import COPY_MODES, Migration
 
 
 class VmModule(FabricModule):

@@ -126,7 +126,7 @@ running:
 import socket
 import time
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import connection
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 from ansible_collections.skygrid.fabric.plugins.module_utils.operations.usage import account
 

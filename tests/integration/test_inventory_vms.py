@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import vm_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 from libvirt_objects import remove
 
 libvirt = pytest.importorskip("libvirt")

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import vm_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 from libvirt_objects import remove
 from modrun import run_module
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import vm_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 
 SHA = "ab" * 64

@@ -12,8 +12,8 @@ import re
 from urllib.parse import urlsplit
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import connection, is_no_such, libvirt
-from ansible_collections.skygrid.fabric.plugins.module_utils.vm_report import describe
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection, is_no_such, libvirt
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.report import describe
 
 # The provenance keys each grouped by; batch_state only where something recorded it in the metadata.
 GROUP_KEYS = (("vo", "vo"), ("trust_class", "trust_class"), ("image_id", "image"), ("batch_state", "batch"))

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.ipam import write_atomic
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import is_no_such, libvirt
+from ansible_collections.skygrid.fabric.plugins.module_utils.files import write_atomic
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import is_no_such, libvirt
 from ansible_collections.skygrid.fabric.plugins.module_utils.operations import apel
 from ansible_collections.skygrid.fabric.plugins.module_utils.operations.usage_store import (
     UsageStore, append_lines_at)
-from ansible_collections.skygrid.fabric.plugins.module_utils.vm_report import describe
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.report import describe
 
 GIB = 1024 ** 3
 

@@ -16,9 +16,10 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import storage, vm_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import storage
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import libvirt, lookup
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import libvirt, lookup
 
 COPY_MODES = ("auto", "always", "never")
 

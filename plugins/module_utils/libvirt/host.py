@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import stat
 import xml.etree.ElementTree as ET
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import libvirt
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import libvirt
 
 KSM_DIR = "/sys/kernel/mm/ksm"
 
@@ -84,15 +86,70 @@ def _version_string(number):
     return "%d.%d.%d" % (major, minor, micro)
 
 
-def host_limits(conn):
+def kernel_memory_mb(meminfo="/proc/meminfo"):
+    """The kernel's MemTotal in MiB, or None where it cannot be read."""
+    try:
+        with open(meminfo) as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def memory_mb(conn, uri, info=None):
+    """The host's memory in MiB, a figure that only changes when the host does.
+
+    libvirt sums its NUMA nodes' figures, which on some machines (micro-VMs with ballooned memory)
+    are far below MemTotal and move between calls; slot plans and idempotent facts need the kernel's
+    MemTotal, which a local URI can read. A remote URI has only libvirt's figure.
+    """
+    if is_local(uri):
+        total = kernel_memory_mb()
+        if total:
+            return total
+    return (info or conn.getInfo())[1]
+
+
+def host_limits(conn, uri="qemu:///system"):
     """(logical CPUs, memory in MiB) of the host: the bounds a VM spec is checked against."""
     info = conn.getInfo()
-    return info[2], info[1]
+    return info[2], memory_mb(conn, uri, info)
+
+
+def kvm_device_warning(device="/dev/kvm"):
+    """A warning when /dev/kvm is not root:kvm 0660 (what udev's rule makes it), else None.
+
+    QEMU runs as an unprivileged user in group kvm; when it cannot open the device, libvirtd finds
+    KVM "not available now" on every call, re-probes QEMU's capabilities (~8 s) and slows every define.
+    """
+    try:
+        st = os.stat(device)
+    except OSError:
+        return None
+    try:
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        return None
+    if st.st_gid == kvm_gid and stat.S_IMODE(st.st_mode) & 0o660 == 0o660:
+        return None
+    return ("%s is %04o, group %s: QEMU (group kvm) cannot open it, so libvirtd re-probes QEMU on every "
+            "define. Fix: 'chgrp kvm %s; chmod 0660 %s' (what udev's rule does; this host's udev did not), "
+            "or run the skygrid.fabric.hypervisor role, which does it and keeps it."
+            % (device, stat.S_IMODE(st.st_mode), _group_name(st.st_gid), device, device))
+
+
+def _group_name(gid):
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def facts(conn, uri):
     info = conn.getInfo()
-    cpus, memory_mb = info[2], info[1]
+    cpus, memory = info[2], memory_mb(conn, uri, info)
     free_mb = conn.getFreeMemory() // (1024 * 1024)
     local = is_local(uri)
     domains = conn.listAllDomains()
@@ -109,12 +166,14 @@ def facts(conn, uri):
         "cores_per_socket": info[6],
         "threads_per_core": info[7],
         "max_vcpus": conn.getMaxVcpus(None),
-        "memory_mb": memory_mb,
+        "memory_mb": memory,
+        "libvirt_memory_mb": info[1],
         "free_memory_mb": free_mb,
         "ksm": ksm_state() if local else {"available": None},
         "libvirt_version": _version_string(conn.getLibVersion()),
         "hypervisor": conn.getType(),
         "hypervisor_version": _version_string(conn.getVersion()),
+        "nwfilters": sorted(conn.listNWFilters()),
         "domain_count": len(domains),
         "running_domain_count": sum(1 for dom in domains if dom.isActive()),
         "bindings_version": _version_string(libvirt.getVersion()),

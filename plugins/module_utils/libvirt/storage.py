@@ -8,7 +8,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import (
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import (
     libvirt, libvirt_errors, lookup)
 
 GIB = 1024 ** 3

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import network_spec
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import libvirt, libvirt_errors, lookup
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_object import ObjectKind
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import network_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import libvirt, libvirt_errors, lookup
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.objects import ObjectKind
 
 
 class NetworkKind(ObjectKind):

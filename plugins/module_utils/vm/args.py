@@ -8,7 +8,7 @@ from __future__ import annotations
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.vm_lifecycle import STATES
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.lifecycle import STATES
 
 VM_OPTIONS = dict(
     name=dict(type="str"),

@@ -9,7 +9,7 @@ import ipaddress
 import xml.etree.ElementTree as ET
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.vm_spec import MAC_RE, NAME_RE
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.spec import MAC_RE, NAME_RE
 
 MODES = ("nat", "route", "bridge", "isolated")
 BRIDGE_NAME_MAX = 15  # Linux interface names

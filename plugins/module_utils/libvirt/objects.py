@@ -11,7 +11,7 @@ A kind plugs in by subclassing :class:`ObjectKind` (look-up, XML, what a change 
 from __future__ import annotations
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import libvirt_errors
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import libvirt_errors
 
 OBJECT_STATES = ("present", "active", "inactive", "absent")
 

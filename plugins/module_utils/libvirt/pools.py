@@ -9,10 +9,10 @@ import os
 import shutil
 import xml.etree.ElementTree as ET
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import vm_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import libvirt, lookup
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_object import ObjectKind
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import libvirt, lookup
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.objects import ObjectKind
 
 POOL_TYPES = ("dir", "logical")
 

@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import connection
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_object import OBJECT_STATES, ObjectManager
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.objects import OBJECT_STATES, ObjectManager
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 COMMON_OPTIONS = dict(

@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import vm_spec
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import libvirt, lookup
-from ansible_collections.skygrid.fabric.plugins.module_utils.vm_lifecycle import run_state
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import libvirt, lookup
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.lifecycle import run_state
 
 
 def _addresses(dom):

@@ -16,10 +16,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 import xml.etree.ElementTree as ET
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import host, storage, vm_spec
-from ansible_collections.skygrid.fabric.plugins.module_utils.cloud_init import build_seed
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import host, storage
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.cloud_init import build_seed
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import (
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import (
     libvirt, libvirt_errors, lookup)
 
 STATES = ("present", "running", "paused", "shutdown", "absent")
@@ -103,7 +104,7 @@ class VmLifecycle:
 
     def _check_against_host(self, spec):
         if self._host_limits is None:
-            self._host_limits = host.host_limits(self.conn)
+            self._host_limits = host.host_limits(self.conn, self.uri)
         cpus, memory_mb = self._host_limits
         if spec["vcpus"] > cpus:
             raise FabricError("%d vCPUs asked, but this host has %d logical CPUs; lower vcpus (the "
