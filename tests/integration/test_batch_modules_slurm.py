@@ -123,6 +123,24 @@ def test_future_node_lifecycle(slurm):
     assert not ok(node(name=name, state="absent"))["changed"]
 
 
+def test_a_nodes_list_in_one_call(slurm):
+    names = [PREFIX + "list1", PREFIX + "list2"]
+    nodes = [{"name": names[0], "cores": 1, "properties": ["atlas", "vm"], "address": "127.0.0.1"},
+             {"name": names[1], "cores": 1, "properties": ["lhcb", "vm"], "address": "127.0.0.1"}]
+    checked = ok(node(check=True, state="present", nodes=nodes))
+    assert len(checked["actions"]) == 2 and all(show_node(name) is None for name in names)
+    created = ok(node(state="present", nodes=nodes, diff=True))
+    assert [item["node"]["status"] for item in created["nodes"]] == ["future", "future"]
+    assert sorted(created["diff"]["after"]) == names
+    assert "AvailableFeatures=lhcb,vm" in show_node(names[1])
+    again = ok(node(state="present", nodes=nodes))
+    assert not again["changed"] and again["actions"] == []
+    bad = node(state="present", nodes=[nodes[0], dict(nodes[1], name="bad name")])
+    assert bad.failed and bad["field"] == "nodes[1].name"
+    gone = ok(node(state="absent", nodes=[{"name": name} for name in names]))
+    assert gone["changed"] and all(show_node(name) is None for name in names)
+
+
 def test_registered_vm_node_drain_waits_for_a_real_job(slurm):
     ok(node(name=DYN, state="online", cores=1, memory_mb=512, properties=["atlas", "vm"], address="127.0.0.1"))
     start_slurmd(DYN, "CPUs=1 RealMemory=512 Feature=atlas,vm")
