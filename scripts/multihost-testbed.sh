@@ -438,10 +438,13 @@ write_inventory() {
       for w in "wn$i" "wn$((i + 1))"; do
         ((${w#wn} <= WORKERS)) || continue
         echo "            $(fqdn "$w"):"
-        echo "              fabric_vm_subnet: $(vm_subnet "$w")"
       done
     done
     echo "  vars:"
+    echo "    fabric_ip_pools:   # one a worker node: its routed VM subnet (fabric_vm_network.pool in group_vars)"
+    for w in $(worker_list); do
+      echo "      mh_$w: {cidr: $(vm_subnet "$w"), gateway: ${NET%.*}.9${w#wn}.1, range: {start: ${NET%.*}.9${w#wn}.10, end: ${NET%.*}.9${w#wn}.99}, dns_domain: vm.$DOMAIN}"
+    done
     echo "    ansible_connection: ssh"
     echo "    ansible_user: root"
     echo "    ansible_ssh_private_key_file: $KEY"
