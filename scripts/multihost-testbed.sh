@@ -24,7 +24,7 @@
 #
 # Each host runs, in its own mount namespace held open by a `sleep` (its "holder"): PRIVATE /etc/libvirt,
 # /var/lib/libvirt, /run/libvirt, /var/log/libvirt, /var/cache/libvirt, /var/lib/skygrid, /etc/munge,
-# /run/munge, /var/lib/munge, /var/log/munge, /etc/slurm and /etc/hosts, bind-mounted from
+# /run/munge, /var/lib/munge, /var/log/munge, /etc/slurm, /etc/ansible and /etc/hosts, bind-mounted from
 # $STATE_DIR/hosts/<host>/, and a fresh sysfs without cgroup mounts (as in scripts/migration-testbed.sh).
 # The rest of the file system is the machine's (the packages, /root, /var/cache/skygrid with the VO image).
 # Daemons are started inside with nsenter into the holder, so each can be stopped and restarted alone.
@@ -280,7 +280,7 @@ EOF
 prepare_host() {  # host
   local h=$1 d
   d=$(host_dir "$h")
-  mkdir -p "$d/run" "$d/log" "$d/var-lib-skygrid" "$d/etc-slurm" "$d/slurm" \
+  mkdir -p "$d/run" "$d/log" "$d/var-lib-skygrid" "$d/etc-slurm" "$d/slurm" "$d/etc-ansible" \
     "$d/munge/etc" "$d/munge/run" "$d/munge/lib" "$d/munge/log"
   chmod 0700 "$d/run" "$d/log"
   chmod 0755 "$d/var-lib-skygrid" "$d/munge/run"
@@ -305,6 +305,7 @@ host_init() {  # host
   mount --bind "$d/munge/lib" /var/lib/munge
   mount --bind "$d/munge/log" /var/log/munge
   mount --bind "$d/etc-slurm" /etc/slurm
+  mkdir -p /etc/ansible && mount --bind "$d/etc-ansible" /etc/ansible   # local facts (ansible_local)
   mount --bind "$d/hosts" /etc/hosts
   hostname "$(short_name "$h")"
   echo "=== $(date -Is) host $(fqdn "$h") up in netns $(ns_name "$h")"

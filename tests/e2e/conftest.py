@@ -4,65 +4,19 @@ with the demo's signed VO images served from 127.0.0.1. Playbooks run as a site 
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import sys
 
+import playbook_runs
 import pytest
+from playbook_runs import assert_unchanged, changed_tasks, recap, sh  # noqa: F401  (the e2e tests import them from here)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INVENTORY = os.path.join(ROOT, "inventories", "local")
-RECAP = re.compile(r"^\S+\s*: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
 def run_playbook(name, *args):
     """Run playbooks/<name>.yml against the local site; return (rc, output)."""
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, "collections"),
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    proc = subprocess.run(["ansible-playbook", "-i", INVENTORY, os.path.join(ROOT, "playbooks", name + ".yml")] + list(args),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, check=False, cwd=ROOT)
-    return proc.returncode, proc.stdout
-
-
-def recap(output):
-    """(ok, changed, unreachable, failed) summed over the PLAY RECAP lines."""
-    totals = [0, 0, 0, 0]
-    for match in RECAP.finditer(output):
-        for index in range(4):
-            totals[index] += int(match.group(index + 1))
-    return tuple(totals)
-
-
-TASK_HEADER = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(.*)\] \*+\s*$")
-CHANGED_LINE = re.compile(r"^changed: \[([^\]]+)\](?: => \(item=(.*)\))?")
-
-
-def changed_tasks(output):
-    """Every 'changed' result of a playbook run, as 'task [host] (item)' lines, in order."""
-    task, found = "?", []
-    for line in output.splitlines():
-        header = TASK_HEADER.match(line)
-        if header:
-            task = header.group(1)
-            continue
-        changed = CHANGED_LINE.match(line)
-        if changed:
-            item = " (item=%s)" % changed.group(2)[:120] if changed.group(2) else ""
-            found.append("%s [%s]%s" % (task, changed.group(1), item))
-    return found
-
-
-def assert_unchanged(rc, output, what):
-    """An idempotency check that names the tasks that changed, not the tail of the output."""
-    assert rc == 0, "%s failed:\n%s" % (what, output[-4000:])
-    changed = changed_tasks(output)
-    listed = "\n  ".join(changed or ["(the recap counts changes; no 'changed:' line named them)"])
-    assert recap(output)[1] == 0 and not changed, "%s changed something:\n  %s" % (what, listed)
-
-
-def sh(*args, check=True):
-    return subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=check)
+    return playbook_runs.run_playbook(INVENTORY, name, *args)
 
 
 @pytest.fixture(scope="session")
