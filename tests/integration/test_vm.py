@@ -169,6 +169,30 @@ def test_tiny_guest_boots_reads_seed_and_gets_its_lease(conn, pool, base_volume,
     assert not {name + "-vda.qcow2", name + "-cidata.iso"} & volumes(pool)
 
 
+def _file_mode(pool, volume_name):
+    pool.refresh(0)
+    return os.stat(pool.storageVolLookupByName(volume_name).path()).st_mode & 0o777
+
+
+def test_seed_volume_is_readable_by_its_owner_only(conn, pool, base_volume):
+    name = PREFIX + "-seedmode"
+    seed = name + "-cidata.iso"
+    spec = vm(name=name, disks=[{"pool": POOL, "base_volume": BASE_VOLUME}],
+              cloud_init={"user_data": "#cloud-config\n#secret: one\n"})
+    ok(run_module("vm", spec))
+    assert _file_mode(pool, seed) == 0o600
+    # A seed an older release left world-readable is remade private, content unchanged or not.
+    os.chmod(pool.storageVolLookupByName(seed).path(), 0o644)
+    pool.refresh(0)
+    assert ok(run_module("vm", spec))["changed"] is True
+    assert _file_mode(pool, seed) == 0o600
+    os.chmod(pool.storageVolLookupByName(seed).path(), 0o644)
+    pool.refresh(0)
+    ok(run_module("vm", dict(spec, cloud_init={"user_data": "#cloud-config\n#secret: two\n"})))
+    assert _file_mode(pool, seed) == 0o600
+    ok(run_module("vm", dict(spec, state="absent")))
+
+
 def test_absent_removes_volumes_left_by_an_interrupted_run(conn, pool):
     name = PREFIX + "-orphan"
     pool.createXML("<volume><name>%s-vda.qcow2</name><capacity>1048576</capacity>"
