@@ -3,6 +3,7 @@ diff, the vms list, the tiny guest reading its NoCloud seed and DHCP lease, and 
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 
@@ -243,4 +244,22 @@ def test_one_bad_item_in_a_list_changes_nothing(conn, pool, base_volume):
     dup = run_module("vm", vm(vms=[{"name": good}, {"name": good}]))
     assert dup.failed and dup["field"] == "vms[1].name"
     typo = run_module("vm", vm(vms=[{"name": good, "vcpu": 2}]))
-    assert typo.failed and typo["field"] == "vms[0]" and "vcpu" in typo["msg"]
+    assert typo.failed and "vms.vcpu" in typo["msg"] and dom_state(conn, good) == "absent"
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_secrets_in_vms_items_never_appear_in_the_result(conn, pool, base_volume, check):
+    secret, nested = "munge-" + uuid.uuid4().hex, "token-" + uuid.uuid4().hex
+    names = [PREFIX + "-nolog-1", PREFIX + "-nolog-2"]
+    call = vm(disks=[{"pool": POOL, "base_volume": BASE_VOLUME}], vms=[
+        {"name": names[0], "cloud_init": {"user_data": "#cloud-config\n#key: %s\n" % secret}},
+        {"name": names[1], "cloud_init": {"user_data": {"write_files": [{"content": nested}]}}}])
+    result = run_module("vm", call, check=check, diff=True)
+    assert not result.failed, result.get("msg")
+    assert "invocation" in result
+    text = json.dumps(result)
+    assert secret not in text and nested not in text
+    failed = run_module("vm", dict(call, vms=call["vms"] + [{"name": PREFIX + "-nolog-3", "disks": [
+        {"pool": POOL, "base_volume": "missing.qcow2"}], "cloud_init": {"user_data": secret}}]))
+    assert failed.failed and secret not in json.dumps(failed)
+    ok(run_module("vm", vm(vms=[{"name": n, "state": "absent"} for n in names])))
