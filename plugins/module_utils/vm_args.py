@@ -35,6 +35,7 @@ VM_OPTIONS = dict(
         filter=dict(type="str"),
         model=dict(type="str", default="virtio"),
     )),
+    allow_address_spoofing=dict(type="bool", default=False),
     cloud_init=dict(type="dict", options=dict(
         user_data=dict(type="raw", no_log=True),  # may carry credentials (munge key, tokens)
         meta_data=dict(type="raw"),

@@ -122,6 +122,9 @@ options:
             description: As O(nics[].model).
             type: str
             default: virtio
+      allow_address_spoofing:
+        description: As the top-level O(allow_address_spoofing).
+        type: bool
       cloud_init:
         description: As the top-level O(cloud_init).
         type: dict
@@ -252,16 +255,24 @@ options:
         description:
           - The VM's address on this interface. It is also the only source address libvirt's
             C(clean-traffic) filter lets the VM use, so a VM cannot spoof another's address.
+          - Required unless O(allow_address_spoofing=true).
         type: str
       filter:
         description:
           - libvirt nwfilter on the interface; defaults to C(clean-traffic) when O(nics[].ip) is
-            given. V(none) attaches no filter.
+            given. V(none) attaches no filter and needs O(allow_address_spoofing=true).
         type: str
       model:
         description: NIC model.
         type: str
         default: virtio
+  allow_address_spoofing:
+    description:
+      - Every NIC needs O(nics[].ip) and keeps an anti-spoofing filter (C(clean-traffic) by default);
+        without them root in the VM can send with any source IP and MAC address on that network.
+      - V(true) accepts that risk for this VM: NICs without O(nics[].ip), and O(nics[].filter=none).
+    type: bool
+    default: false
   cloud_init:
     description:
       - Contextualisation through a cloud-init NoCloud seed volume (ISO 9660 labelled C(cidata))

@@ -8,7 +8,7 @@ import os
 import uuid
 
 import pytest
-from conftest import BASE_VOLUME, GUEST_IP, GUEST_MAC, NETWORK, POOL, PREFIX, URI, wait_for
+from conftest import BASE_VOLUME, GUEST_IP, GUEST_MAC, NET_PREFIX, NETWORK, POOL, PREFIX, URI, wait_for
 from modrun import run_module
 
 pytestmark = pytest.mark.libvirt
@@ -92,7 +92,7 @@ def test_check_mode_changes_nothing_and_diff_shows_the_spec(conn, pool, base_vol
 def test_update_in_place_keeps_uuid_and_macs(conn, pool, base_volume, network):
     name = PREFIX + "-update"
     spec = vm(name=name, state="running", disks=[{"pool": POOL, "base_volume": BASE_VOLUME}],
-              nics=[{"network": NETWORK}], metadata={"vo": "atlas"})
+              nics=[{"network": NETWORK, "ip": NET_PREFIX + ".31"}], metadata={"vo": "atlas"})
     created = ok(run_module("vm", spec))["vm"]
     bigger = ok(run_module("vm", dict(spec, vcpus=2, memory_mb=96), diff=True))
     assert bigger["changed"] and bigger["restart_required"] is True
@@ -220,7 +220,10 @@ def test_switching_base_image_in_place_is_refused(conn, pool, base_volume):
 @pytest.mark.parametrize("args, field, words", [
     ({"disks": [{"pool": POOL, "base_volume": "nope.qcow2"}]}, "disks[0].base_volume", "stage the image"),
     ({"disks": [{"pool": "sgtest-nopool", "size_gb": 1}]}, "disks[0].pool", "libvirt_pool"),
-    ({"nics": [{"network": "sgtest-nonet"}]}, "nics[0].network", "libvirt_network"),
+    ({"nics": [{"network": "sgtest-nonet", "ip": NET_PREFIX + ".32"}]}, "nics[0].network", "libvirt_network"),
+    ({"nics": [{"network": NETWORK}]}, "nics[0].ip", "allow_address_spoofing: true"),
+    ({"nics": [{"network": NETWORK, "ip": NET_PREFIX + ".32", "filter": "none"}]}, "nics[0].filter",
+     "allow_address_spoofing: true"),
     ({"name": "bad name!"}, "name", "letters, digits"),
     ({"vcpus": 4096}, "vcpus", "logical CPUs"),
     ({"memory_mb": 64 * 1024 * 1024}, "memory_mb", "lower memory_mb"),
