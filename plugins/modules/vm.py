@@ -270,7 +270,7 @@ options:
     description:
       - Every NIC needs O(nics[].ip) and keeps an anti-spoofing filter (C(clean-traffic) by default);
         without them root in the VM can send with any source IP and MAC address on that network.
-      - V(true) accepts that risk for this VM: NICs without O(nics[].ip), and O(nics[].filter=none).
+      - V(true) accepts that risk for this VM, allowing NICs without O(nics[].ip) and O(nics[].filter=none).
     type: bool
     default: false
   cloud_init:
