@@ -51,6 +51,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from ansible_collections.skygrid.fabric.plugins.module_utils import slots
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch import domains
 
 
 def _filter(name, func):
@@ -70,6 +71,8 @@ FILTERS = {
     "dhcp_hosts": slots.dhcp_hosts,
     "slot_vms": slots.slot_vms,
     "slot_batch_nodes": slots.batch_nodes,
+    "batch_env": domains.batch_env,
+    "site_built_vos": domains.site_built_vos,
 }
 
 
