@@ -50,8 +50,8 @@ _value:
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils import slots
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch import domains
+from ansible_collections.skygrid.fabric.plugins.module_utils.planning import slots
 
 
 def _filter(name, func):

@@ -32,12 +32,9 @@ attributes:
   diff_mode:
     support: full
     description: Shows the node's cores, memory, properties, schedulability and note before and after.
+extends_documentation_fragment:
+  - skygrid.fabric.batch
 options:
-  backend:
-    description: The batch system.
-    type: str
-    required: true
-    choices: [torque, slurm]
   name:
     description:
       - Node name (Torque node / Slurm NodeName); for a VM, its name.
@@ -102,9 +99,6 @@ options:
         Torque deletes it with its jobs' slots; Slurm refuses to delete a node that runs jobs, and the module fails.
     type: bool
     default: false
-  bin_dir:
-    description: Directory holding the batch commands, when they are not on the PATH (for example C(/opt/torque/bin)).
-    type: path
 notes:
   - A Slurm node added by this module is a dynamic node in state FUTURE until a C(slurmd -Z) on the node
     registers it; the node's features route jobs (C(sbatch --constraint=atlas)) and NodeSet partitions.
@@ -231,16 +225,15 @@ actions:
   sample: ["add node wn042-atlas-1 (8 cores, properties atlas,vm)"]
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.batch import get_backend
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch import BATCH_OPTIONS, module_backend
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch.manage import NODE_STATES, ensure_node, node_spec
-from ansible_collections.skygrid.fabric.plugins.module_utils.batch.runner import AnsibleRunner
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 
 class BatchNodeModule(FabricModule):
     supports_check_mode = True
     argument_spec = dict(
-        backend=dict(type="str", required=True, choices=["torque", "slurm"]),
+        BATCH_OPTIONS,
         name=dict(type="str", required=True),
         state=dict(type="str", default="present", choices=list(NODE_STATES)),
         cores=dict(type="int"),
@@ -252,12 +245,10 @@ class BatchNodeModule(FabricModule):
         timeout=dict(type="int", default=3600),
         poll_interval=dict(type="float", default=5.0),
         force=dict(type="bool", default=False),
-        bin_dir=dict(type="path"),
     )
 
     def run(self):
-        backend = get_backend(self.params["backend"], AnsibleRunner(self.module, self.params["bin_dir"]),
-                              poll_interval=max(0.05, self.params["poll_interval"]))
+        backend = module_backend(self.module, poll_interval=max(0.05, self.params["poll_interval"]))
         if self.params["address"] and self.params["backend"] == "torque":
             self.module.warn("address is ignored by the torque backend: Torque reaches a node by its name")
         return ensure_node(backend, node_spec(self.params), self.reconciler)

@@ -109,6 +109,10 @@ options:
           bridge:
             description: As O(nics[].bridge).
             type: str
+          user:
+            description: As O(nics[].user).
+            type: bool
+            default: false
           mac:
             description: As O(nics[].mac).
             type: str
@@ -246,6 +250,13 @@ options:
       bridge:
         description: Host bridge to attach to (instead of O(nics[].network)).
         type: str
+      user:
+        description:
+          - User-mode networking (QEMU's own NAT, no host network set-up, no root), instead of
+            O(nics[].network) or O(nics[].bridge); what C(qemu:///session) on a desktop has. Takes no
+            O(nics[].ip) or O(nics[].filter).
+        type: bool
+        default: false
       mac:
         description:
           - MAC address. Left out, an existing interface keeps its MAC, and a new one gets a MAC
@@ -495,11 +506,11 @@ actions:
   elements: str
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import connection
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
-from ansible_collections.skygrid.fabric.plugins.module_utils.vm_args import VM_ITEM_OPTIONS, VM_OPTIONS, vm_items
-from ansible_collections.skygrid.fabric.plugins.module_utils.vm_lifecycle import VmLifecycle
-from ansible_collections.skygrid.fabric.plugins.module_utils.vm_migration import COPY_MODES, Migration
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.args import VM_ITEM_OPTIONS, VM_OPTIONS, vm_items
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.lifecycle import VmLifecycle
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.migration import COPY_MODES, Migration
 
 
 class VmModule(FabricModule):

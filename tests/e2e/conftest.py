@@ -34,6 +34,33 @@ def recap(output):
     return tuple(totals)
 
 
+TASK_HEADER = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(.*)\] \*+\s*$")
+CHANGED_LINE = re.compile(r"^changed: \[([^\]]+)\](?: => \(item=(.*)\))?")
+
+
+def changed_tasks(output):
+    """Every 'changed' result of a playbook run, as 'task [host] (item)' lines, in order."""
+    task, found = "?", []
+    for line in output.splitlines():
+        header = TASK_HEADER.match(line)
+        if header:
+            task = header.group(1)
+            continue
+        changed = CHANGED_LINE.match(line)
+        if changed:
+            item = " (item=%s)" % changed.group(2)[:120] if changed.group(2) else ""
+            found.append("%s [%s]%s" % (task, changed.group(1), item))
+    return found
+
+
+def assert_unchanged(rc, output, what):
+    """An idempotency check that names the tasks that changed, not the tail of the output."""
+    assert rc == 0, "%s failed:\n%s" % (what, output[-4000:])
+    changed = changed_tasks(output)
+    listed = "\n  ".join(changed or ["(the recap counts changes; no 'changed:' line named them)"])
+    assert recap(output)[1] == 0 and not changed, "%s changed something:\n  %s" % (what, listed)
+
+
 # Each demo VO's VMs form a cluster of their own (docs/SECURITY.md): its clients read the VO's slurm.conf.
 VOS = ("atlas", "lhcb")
 

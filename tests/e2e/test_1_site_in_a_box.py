@@ -8,7 +8,7 @@ import os
 import subprocess
 import time
 
-from conftest import ROOT, VOS, recap, run_playbook, sh
+from conftest import ROOT, VOS, assert_unchanged, run_playbook, sh
 
 HOST = "localhost"
 SLOTS = ["%s-%s-1" % (HOST, vo) for vo in VOS]
@@ -63,7 +63,7 @@ def test_convert_is_idempotent_and_runs_each_vo_job_in_its_vm(converted_site):
     assert node_state(NODE).startswith("drain")  # the physical node is out of the batch system
 
     rc, out = run_playbook("convert_worker_nodes")
-    assert rc == 0 and recap(out)[1] == 0, "second run changed something:\n" + out[-4000:]
+    assert_unchanged(rc, out, "the second convert run")
 
     jobs = {}
     for vo in VOS:
@@ -100,4 +100,4 @@ def test_revert_leaves_nothing_behind(converted_site):
     # Back online: schedulable again ("*" only says slurmctld has not heard from slurmd lately).
     assert node_state(NODE).rstrip("*") in ("idle", "mixed", "allocated")
     rc, out = run_playbook("revert_worker_nodes")
-    assert rc == 0 and recap(out)[1] == 0, "second revert changed something:\n" + out[-3000:]
+    assert_unchanged(rc, out, "the second revert")

@@ -26,7 +26,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, VOS, recap, run_playbook, sh
+from conftest import ROOT, VOS, assert_unchanged, run_playbook, sh
 from modrun import run_module
 
 HOST = "localhost"
@@ -177,7 +177,8 @@ def test_preemption_requeues_a_busy_vm_only_when_allowed(rebalance_site):
     extra.write_text(yaml.safe_dump({"fabric_vos": site_vos(atlas={"share": 100}, lhcb={"share": 0, "preemptible": True})}))
     out = rebalance("-e", "@%s" % extra, *FAST)
     assert planned_moves(out) == [] and "no move: nothing to rebalance" in out  # no idle VM, preemption off
-    assert recap(out)[1] == 0 and sorted(slots()) == names
+    assert_unchanged(0, out, "a rebalance with nothing idle to move")
+    assert sorted(slots()) == names
 
     out = rebalance("-e", "@%s" % extra, "-e", "fabric_allow_preemption=true", *FAST)
     moves = planned_moves(out)
@@ -211,7 +212,7 @@ def test_idle_atlas_vms_go_to_waiting_lhcb_jobs_and_busy_ones_stay(rebalance_sit
     idle = [name for name in names if name != busy]
     assert sorted(move[0] for move in planned) == idle, out[-3000:]  # 6 waiting > idle VMs: all idle ones
     assert all(move[1:3] == ("atlas", "lhcb") for move in planned)
-    assert recap(out)[1] == 0
+    assert_unchanged(0, out, "rebalance --check")
     assert {name: vm["uuid"] for name, vm in slots().items()} == {name: vm["uuid"] for name, vm in current.items()}
 
     # the run: exactly the planned VMs become lhcb VMs; the busy one is not touched
@@ -231,7 +232,8 @@ def test_idle_atlas_vms_go_to_waiting_lhcb_jobs_and_busy_ones_stay(rebalance_sit
 
     # a second run right after changes nothing (the site settles: fabric_rebalance_settle_s)
     out = rebalance()
-    assert recap(out)[1] == 0 and planned_moves(out) == [] and "settling:" in out
+    assert_unchanged(0, out, "a rebalance right after one that moved")
+    assert planned_moves(out) == [] and "settling:" in out
 
     # the waiting lhcb jobs run, on the new lhcb VMs
     wait_for(lambda: all(job_state(job)[0] is None for job in lhcb_jobs), 600, "the lhcb jobs to run")
@@ -246,5 +248,5 @@ def test_site_is_left_as_convert_makes_it(rebalance_site):
     current = slots()
     assert vos_of(current) == ["atlas", "lhcb"]
     rc, out = run_playbook("convert_worker_nodes")
-    assert rc == 0 and recap(out)[1] == 0, "convert after the rebalance changed something:\n" + out[-4000:]
+    assert_unchanged(rc, out, "convert after the rebalance")
     assert {name: vm["uuid"] for name, vm in slots().items()} == {name: vm["uuid"] for name, vm in current.items()}

@@ -3,7 +3,7 @@
 import pytest
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.slots import plan_slots
+from ansible_collections.skygrid.fabric.plugins.module_utils.planning.slots import plan_slots
 
 VOS = {"atlas": {"share": 60, "vm": {"vcpus": 2, "memory_mb": 4096}},
        "lhcb": {"share": 40, "vm": {"vcpus": 1, "memory_mb": 2048}}}
@@ -60,7 +60,7 @@ def test_errors(vos, field):
 
 
 def test_ip_pool_size():
-    from ansible_collections.skygrid.fabric.plugins.module_utils.slots import ip_pool_size
+    from ansible_collections.skygrid.fabric.plugins.module_utils.planning.slots import ip_pool_size
     assert ip_pool_size({"cidr": "10.0.0.0/24"}) == 254
     assert ip_pool_size({"cidr": "10.0.0.0/24", "gateway": "10.0.0.1", "reserved": ["10.0.0.2", "10.0.1.9"]}) == 252
     assert ip_pool_size({"cidr": "10.0.0.0/22", "range": {"start": "10.0.0.10", "end": "10.0.0.19"},
