@@ -360,6 +360,13 @@ options:
   migrate_uri:
     description: Address the migration data goes to (for example C(tcp://10.254.0.2) on a migration network).
     type: str
+  migrate_tls:
+    description:
+      - Encrypt the migration stream itself (libvirt's C(VIR_MIGRATE_TLS), QEMU's native TLS; the hosts'
+        C(qemu.conf) needs its C(migrate_tls_x509_cert_dir) certificates).
+      - Left unset, on whenever O(migrate_to) is a C(qemu+tls://) URI - TLS on the control connection
+        alone would still send the VM's memory, with any keys and proxies in it, in clear.
+    type: bool
   migrate_timeout:
     description: Seconds a migration may take; then it is aborted and the VM keeps running on the source.
     type: int
@@ -521,7 +528,8 @@ class VmModule(FabricModule):
                          migrate_to=dict(type="str"),
                          migrate_uri=dict(type="str"),
                          migrate_timeout=dict(type="int", default=600),
-                         migrate_copy_storage=dict(type="str", default="auto", choices=list(COPY_MODES)))
+                         migrate_copy_storage=dict(type="str", default="auto", choices=list(COPY_MODES)),
+                         migrate_tls=dict(type="bool"))
     module_kwargs = dict(mutually_exclusive=[("name", "vms"), ("migrate_to", "vms")],
                          required_one_of=[("name", "vms")])
 
