@@ -20,7 +20,7 @@ description:
     and right before and right after removing VMs (the M(skygrid.fabric.vm) removals of the
     C(skygrid.fabric.vm_slots) role do this), so the end is exact to seconds.
   - Exports the closed records once each, as APEL cloud usage messages (C(APEL-cloud-message) v0.4, one
-    file per batch in O(apel_dir), the APEL SSM's outgoing directory) and/or as lines of O(jsonl). A record
+    message per batch in O(apel_dir), the APEL SSM's outgoing directory queue) and/or as lines of O(jsonl). A record
     is never lost or exported twice across re-runs and kills (a batch protocol with the database, see
     C(docs/OPERATIONS.md)).
 author:
@@ -47,7 +47,9 @@ options:
     type: bool
     default: true
   apel_dir:
-    description: Directory to write APEL cloud v0.4 messages into (one file per export batch). Needs O(site_name).
+    description:
+      - The APEL SSM's outgoing directory (C(ssmsend)'s C(path)); one APEL cloud v0.4 message per export batch is
+        written into it in the layout of the directory queue ssmsend reads (dirq QueueSimple). Needs O(site_name).
     type: path
   site_name:
     description: The site's GOCDB name (C(SiteName) of the APEL records).

@@ -63,8 +63,10 @@ def test_a_vm_life_is_recorded_and_exported_once(tmp_path, paused_vm):
     lines = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
     (line,) = [entry for entry in lines if entry["key"] == key]
     assert line["status"] == "completed" and line["end"] >= line["start"] and line["hypervisor"] == "sgops-hv"
-    (message,) = os.listdir(tmp_path / "apel")
-    text = (tmp_path / "apel" / message).read_text()
+    (minute,) = os.listdir(tmp_path / "apel")  # the dirq layout ssmsend reads: <8 hex>/<14 hex>
+    (message,) = os.listdir(tmp_path / "apel" / minute)
+    assert len(minute) == 8 and len(message) == 14
+    text = (tmp_path / "apel" / minute / message).read_text()
     assert text.startswith("APEL-cloud-message: v0.4\n") and "VMUUID: %s\n" % key in text
     assert "SiteName: SGOPS-TEST\n" in text and "FQAN: /lhcb\n" in text
 

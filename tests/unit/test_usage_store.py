@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,9 +79,20 @@ def params(tmp_path, **extra):
 def exported_keys(tmp_path):
     lines = (tmp_path / "usage.jsonl").read_text().splitlines()
     keys = [json.loads(line)["key"] for line in lines]
-    apel_keys = [line.split(": ", 1)[1] for name in sorted(os.listdir(tmp_path / "apel"))
-                 for line in (tmp_path / "apel" / name).read_text().splitlines() if line.startswith("VMUUID: ")]
+    apel_keys = [line.split(": ", 1)[1] for path in apel_messages(tmp_path)
+                 for line in open(path).read().splitlines() if line.startswith("VMUUID: ")]
     return keys, apel_keys
+
+
+def apel_messages(tmp_path):
+    """The messages of the APEL outgoing directory queue (dirq QueueSimple: <8 hex>/<14 hex>)."""
+    found = []
+    for directory in sorted(os.listdir(tmp_path / "apel")):
+        assert re.match(r"^[0-9a-f]{8}$", directory), directory
+        for name in sorted(os.listdir(tmp_path / "apel" / directory)):
+            assert re.match(r"^[0-9a-f]{14}$", name), name  # no temporary file left either
+            found.append(str(tmp_path / "apel" / directory / name))
+    return found
 
 
 def test_each_closed_record_is_exported_once_across_re_runs(tmp_path, store):
@@ -124,7 +136,7 @@ def test_a_kill_between_writing_and_marking_exports_nothing_twice(tmp_path):
     assert usage.export(store, params(tmp_path), now=300) == []
     store.close()
     assert exported_keys(tmp_path) == (["u1/wn1/0", "u2/wn1/100"], ["u1/wn1/0", "u2/wn1/100"])
-    assert len(os.listdir(tmp_path / "apel")) == 2
+    assert len(apel_messages(tmp_path)) == 2
 
 
 def test_a_kill_in_the_middle_of_the_append_leaves_no_partial_line(tmp_path, store):

@@ -75,8 +75,9 @@ def export(store, params, now):
             text = apel.message(records, site_name=params["site_name"],
                                 cloud_compute_service=params.get("cloud_compute_service") or params["hypervisor"],
                                 benchmark_type=params.get("benchmark_type"), benchmark=params.get("benchmark"))
-            os.makedirs(params["apel_dir"], exist_ok=True)
-            write_atomic(os.path.join(params["apel_dir"], store.batch_name(batch_id)), text)
+            path = os.path.join(params["apel_dir"], store.batch_message(batch_id))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_atomic(path, text)
         if params.get("jsonl"):
             append_lines_at(params["jsonl"], offset, records)
         store.finish_batch(batch_id, now)
