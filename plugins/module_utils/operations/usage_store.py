@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS usage (
     batch INTEGER REFERENCES batch(id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS usage_open ON usage(vm_uuid, hypervisor) WHERE end IS NULL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS batch (
     id INTEGER PRIMARY KEY,
     created INTEGER NOT NULL,
@@ -56,6 +57,12 @@ CREATE TABLE IF NOT EXISTS batch (
 
 PROVENANCE = ("vo", "trust_class", "image_id", "image_sha512")
 DIRQ_GRANULARITY_S = 60  # dirq's default: one intermediate directory per minute
+RUNNING_MESSAGE = 0xffffff  # the element number of a message of started records (batches count below it)
+
+
+def dirq_path(when, number):
+    """``<8 hex: the minute>/<14 hex: element>``, a dirq QueueSimple element's path in its queue."""
+    return os.path.join("%08x" % (when - when % DIRQ_GRANULARITY_S), "%08x%06x" % (when, number))
 
 
 def record_key(row):
@@ -183,8 +190,16 @@ class UsageStore:
         of a dirq QueueSimple, which ssmsend reads (``<8 hex: the minute>/<14 hex: element>``), under a
         name fixed by the batch, so a redone batch replaces its own message and never adds a second."""
         created = self.db.execute("SELECT created FROM batch WHERE id = ?", (batch_id,)).fetchone()[0]
-        return os.path.join("%08x" % (created - created % DIRQ_GRANULARITY_S),
-                            "%08x%06x" % (created, batch_id % 0x1000000))
+        return dirq_path(created, batch_id % RUNNING_MESSAGE)
+
+    def running_published(self, hypervisor):
+        """When the started records of ``hypervisor``'s running VMs were last written (None: never)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", ("running_published/" + hypervisor,)).fetchone()
+        return row[0] if row else None
+
+    def mark_running_published(self, hypervisor, now):
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("running_published/" + hypervisor, now))
 
     def finish_batch(self, batch_id, now):
         """Step 3."""
