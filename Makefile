@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/collections
 
-.PHONY: demo demo-clean demo-vm e2e faults faults-sample test deps testbed guest lint sanity unit integration molecule bench build clean
+.PHONY: demo demo-clean demo-vm e2e ee faults faults-sample test deps testbed guest lint sanity unit integration molecule bench build clean
 
 deps:
 	scripts/install-deps.sh
@@ -34,6 +34,7 @@ test: deps
 	$(MAKE) unit
 	$(MAKE) testbed guest
 	$(MAKE) integration
+	$(MAKE) ee
 	$(MAKE) molecule
 	$(MAKE) e2e
 	$(MAKE) faults-sample
@@ -50,6 +51,10 @@ unit:
 
 integration:
 	pytest -q tests/integration
+
+# Execution-environment metadata, ansible-builder introspect/create, playbooks through ansible-runner (AWX's engine).
+ee:
+	pytest -q tests/ee
 
 molecule:
 	molecule test -s hypervisor
