@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/collections
 
-.PHONY: demo demo-clean demo-vm e2e test deps testbed guest lint sanity unit integration molecule bench build clean
+.PHONY: demo demo-clean demo-vm e2e ee faults faults-sample test deps testbed guest lint sanity unit integration molecule bench build clean
 
 deps:
 	scripts/install-deps.sh
@@ -34,8 +34,10 @@ test: deps
 	$(MAKE) unit
 	$(MAKE) testbed guest
 	$(MAKE) integration
+	$(MAKE) ee
 	$(MAKE) molecule
 	$(MAKE) e2e
+	$(MAKE) faults-sample
 
 lint:
 	scripts/lint.sh
@@ -50,14 +52,27 @@ unit:
 integration:
 	pytest -q tests/integration
 
+# Execution-environment metadata, ansible-builder introspect/create, playbooks through ansible-runner (AWX's engine).
+ee:
+	pytest -q tests/ee
+
 molecule:
 	molecule test -s hypervisor
 
 e2e:
 	pytest -q tests/e2e
 
+# The fault campaign (tests/faults/harness.py, docs/RELIABILITY.md): every kill point, daemon restart
+# and QEMU kill; `make test` runs a sample of it (faults-sample).
+faults: testbed guest
+	python tests/faults/harness.py --points all
+
+faults-sample:
+	pytest -q tests/faults
+
 bench: testbed
 	python bench/vm_lifecycle/run.py --json .cache/bench/vm_lifecycle.json
+	python bench/converge/run.py --json .cache/bench/converge.json
 
 build:
 	ansible-galaxy collection build --force --output-path .cache/dist .

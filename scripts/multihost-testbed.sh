@@ -11,9 +11,10 @@
 #   scripts/multihost-testbed.sh down HOST sshd|libvirtd   stop one daemon (the broken-node tests)
 #
 # Hosts (SKYGRID_MULTIHOST_WORKERS worker nodes, default 3, at most 9), domain skygrid.test:
-#   mh-batch  10.254.80.5    sshd, munged, slurmctld (cluster skygridmh; the worker nodes are static nodes)
+#   mh-batch  10.254.80.5    sshd, munged; scripts/slurm-testbed.sh inside it: the site's cluster (the worker
+#                            nodes join it as dynamic nodes) and a cluster per VO (docs/SECURITY.md)
 #   mh-ipam   10.254.80.10   sshd (the IPAM database lives in its private /var/lib/skygrid)
-#   mh-wnN    10.254.80.1N   sshd, virtlogd, libvirtd (under tini -s), munged, slurmd -N mh-wnN;
+#   mh-wnN    10.254.80.1N   sshd, virtlogd, libvirtd (under tini -s), munged, slurmd -Z -N mh-wnN;
 #                            its VMs get the routed subnet 10.254.9N.0/24 (a libvirt network the
 #                            convert playbook makes), reached from every other host by a route via 10.254.80.1N
 #
@@ -25,7 +26,8 @@
 # Each host runs, in its own mount namespace held open by a `sleep` (its "holder"): PRIVATE /etc/libvirt,
 # /var/lib/libvirt, /run/libvirt, /var/log/libvirt, /var/cache/libvirt, /var/lib/skygrid, /etc/munge,
 # /run/munge, /var/lib/munge, /var/log/munge, /etc/slurm, /etc/ansible and /etc/hosts, bind-mounted from
-# $STATE_DIR/hosts/<host>/, and a fresh sysfs without cgroup mounts (as in scripts/migration-testbed.sh).
+# $STATE_DIR/hosts/<host>/, a /run of its own (tmpfs), and on worker nodes a fresh sysfs without cgroup
+# mounts (as in scripts/migration-testbed.sh).
 # The rest of the file system is the machine's (the packages, /root, /var/cache/skygrid with the VO image).
 # Daemons are started inside with nsenter into the holder, so each can be stopped and restarted alone.
 # sshd listens only on the host's address, with its own host key, key-only root login with the key this
@@ -52,9 +54,7 @@ PREFIX=24
 KEY=$STATE_DIR/id_ed25519
 KNOWN_HOSTS=$STATE_DIR/known_hosts
 MUNGE_KEY=$STATE_DIR/munge.key
-SLURM_CLUSTER=skygridmh
 SLURMCTLD_PORT=6817
-SLURMD_PORT=6818
 HOSTS_MARK=skygrid-multihost
 RACKS=(a b c d e)   # two worker nodes a rack
 
@@ -88,8 +88,11 @@ libvirtd_pid() { live_pid "$(host_dir "$1")/run/libvirtd.pid" libvirtd; }
 tini_pid() { live_pid "$(host_dir "$1")/run/tini.pid" tini; }
 virtlogd_pid() { live_pid "$(host_dir "$1")/run/virtlogd.pid" virtlogd; }
 munged_pid() { live_pid "$(host_dir "$1")/munge/run/munged.pid" munged; }
-slurmctld_pid() { live_pid "$(host_dir "$1")/slurm/slurmctld.pid" slurmctld; }
-slurmd_pid() { live_pid "/run/slurmd-$(short_name "$1").pid" slurmd; }
+slurmd_pid() {  # in the host's private /run
+  local holder
+  holder=$(holder_pid "$1")
+  [[ -z $holder ]] || live_pid "/proc/$holder/root/run/slurmd-$(short_name "$1").pid" slurmd
+}
 
 running() { [[ -n $("$@") ]]; }  # a *_pid function found its process
 
@@ -114,7 +117,7 @@ check_prereqs() {
 
 ensure_keys() {
   mkdir -p "$STATE_DIR" "$STATE_DIR/hosts"
-  chmod 0700 "$STATE_DIR"
+  chmod 0711 "$STATE_DIR"   # traversable: the VO slurmctlds of mh-batch run as slurm; keys stay 0600
   [[ -s $KEY ]] || { say "generating the test bed's SSH key $KEY"; ssh-keygen -q -t ed25519 -N "" -C skygrid-multihost -f "$KEY"; }
   cp "$KEY.pub" "$STATE_DIR/authorized_keys"
   if [[ ! -s $MUNGE_KEY ]]; then
@@ -226,57 +229,6 @@ configure_libvirt() {  # host
     "log_outputs=\"3:file:/var/log/libvirt/libvirtd.log\""
 }
 
-write_slurm_conf() {  # the batch server's /etc/slurm/slurm.conf (clients there find it by default)
-  local d w lines=()
-  d=$(host_dir batch)
-  mkdir -p "$d/etc-slurm" "$d/slurm/ctld"
-  for w in $(worker_list); do
-    lines+=("NodeName=$(short_name "$w") NodeAddr=$(host_addr "$w") CPUs=$(nproc) RealMemory=1024 State=UNKNOWN")
-  done
-  cat >"$d/etc-slurm/slurm.conf.new" <<EOF
-# The multi-host test bed's cluster, written by scripts/multihost-testbed.sh (rewritten on start).
-ClusterName=$SLURM_CLUSTER
-SlurmctldHost=$(short_name batch)($(host_addr batch))
-SlurmctldPort=$SLURMCTLD_PORT
-SlurmdPort=$SLURMD_PORT
-SlurmUser=root
-AuthType=auth/munge
-CredType=cred/munge
-SlurmctldParameters=enable_configless
-StateSaveLocation=$d/slurm/ctld
-SlurmctldPidFile=$d/slurm/slurmctld.pid
-SlurmctldLogFile=$d/slurm/slurmctld.log
-SlurmdSpoolDir=/var/spool/slurmd/%n
-SlurmdPidFile=/run/slurmd-%n.pid
-SlurmdLogFile=/var/log/slurm/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-MpiDefault=none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-MaxNodeCount=64
-TreeWidth=65533
-SlurmdTimeout=60
-InactiveLimit=0
-KillWait=5
-MinJobAge=30
-$(printf '%s\n' "${lines[@]}")
-PartitionName=batch Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-NodeSet=vo_atlas Feature=atlas
-NodeSet=vo_lhcb Feature=lhcb
-EOF
-  if cmp -s "$d/etc-slurm/slurm.conf.new" "$d/etc-slurm/slurm.conf"; then
-    rm -f "$d/etc-slurm/slurm.conf.new"
-  else
-    mv "$d/etc-slurm/slurm.conf.new" "$d/etc-slurm/slurm.conf"
-    echo changed >"$d/slurm/conf-changed"
-  fi
-}
-
 prepare_host() {  # host
   local h=$1 d
   d=$(host_dir "$h")
@@ -297,6 +249,10 @@ host_init() {  # host
   local h=$1 d
   d=$(host_dir "$h")
   mount --make-rprivate /
+  # a /run of its own: pid files by name (/run/slurmd-<node>.pid), sockets (/run/munge-vo) and sshd's
+  # privilege separation directory do not meet another host's, nor the machine's
+  mount -t tmpfs -o mode=0755,size=64m run /run
+  mkdir -p /run/munge /run/sshd /run/lock
   if is_worker "$h"; then mount_private_libvirt "$d"; fi
   mount --bind "$d/var-lib-skygrid" /var/lib/skygrid 2>/dev/null ||
     { mkdir -p /var/lib/skygrid && mount --bind "$d/var-lib-skygrid" /var/lib/skygrid; }
@@ -332,7 +288,6 @@ start_sshd() {  # host
   local h=$1 d
   d=$(host_dir "$h")
   [[ -n $(sshd_pid "$h") ]] && return 0
-  mkdir -p /run/sshd && chmod 0755 /run/sshd
   in_host "$h" /usr/sbin/sshd -t -f "$d/sshd_config" || die "sshd of $(short_name "$h") rejects $d/sshd_config"
   say "starting sshd of $(short_name "$h") on $(host_addr "$h"):22"
   in_host "$h" /usr/sbin/sshd -f "$d/sshd_config" -E "$d/log/sshd.log"
@@ -382,21 +337,25 @@ start_munge() {  # host
 
 ctld_up() { in_host batch timeout 5 scontrol ping | grep -q UP; }
 
-start_slurmctld() {
+# The batch server runs the project's Slurm test bed inside its namespace: the site's cluster and one
+# cluster per VO with its own munge key and munged (docs/SECURITY.md), all in mh-batch's private /etc/slurm,
+# /etc/munge and /run. Its worker nodes join the site's cluster as dynamic nodes (start_slurmd).
+start_batch_slurm() {
   local d
   d=$(host_dir batch)
-  if [[ -n $(slurmctld_pid batch) && -f $d/slurm/conf-changed ]]; then
-    stop_pid "slurmctld of mh-batch (new configuration)" "$(slurmctld_pid batch)"
-  fi
-  rm -f "$d/slurm/conf-changed"
-  if [[ -z $(slurmctld_pid batch) ]]; then
-    say "starting slurmctld on $(short_name batch)"
-    in_host batch slurmctld
-  fi
-  wait_until 30 "slurmctld of mh-batch (see $d/slurm/slurmctld.log)" ctld_up
+  say "starting Slurm on $(short_name batch) (scripts/slurm-testbed.sh start, inside the host; log: $d/log/slurm-testbed.log)"
+  in_host batch env SKYGRID_SLURM_DIR="$d/slurm" bash "$ROOT/scripts/slurm-testbed.sh" start >>"$d/log/slurm-testbed.log" 2>&1 ||
+    { tail -n 15 "$d/log/slurm-testbed.log" >&2; die "Slurm did not start on $(short_name batch); see $d/log/slurm-testbed.log"; }
+  wait_until 30 "slurmctld of mh-batch (see $d/slurm/log)" ctld_up
 }
 
-start_slurmd() {  # worker host: its static node, configuration from the batch server (configless)
+node_registered() {  # host: a node of the site's cluster, not down
+  local state
+  state=$(in_host batch sinfo -h -N -n "$(short_name "$1")" -o %T 2>/dev/null | head -n1)
+  [[ -n $state && $state != down* && $state != *'*' ]]
+}
+
+start_slurmd() {  # worker host: a dynamic node of the site's cluster, configuration from the batch server
   local h=$1
   [[ -n $(slurmd_pid "$h") ]] && return 0
   say "starting slurmd $(short_name "$h") (configless from $(short_name batch))"
@@ -406,8 +365,9 @@ start_slurmd() {  # worker host: its static node, configuration from the batch s
   in_host "$h" unshare --mount --propagation private -- bash -c 'mkdir -p /var/spool/slurmd /var/log/slurm &&
     mount -t tmpfs -o mode=0755 cgroup /sys/fs/cgroup &&
     for c in cpuset memory devices freezer name=systemd; do mkdir -p /sys/fs/cgroup/${c#name=} && mount -t cgroup -o $c cgroup /sys/fs/cgroup/${c#name=}; done &&
-    slurmd -N "$1" --conf-server "$2"' _ "$(short_name "$h")" "$(host_addr batch):$SLURMCTLD_PORT"
+    slurmd -Z -N "$1" --conf-server "$2"' _ "$(short_name "$h")" "$(host_addr batch):$SLURMCTLD_PORT"
   wait_until 15 "slurmd of $(short_name "$h") (see /var/log/slurm/slurmd-$(short_name "$h").log)" running slurmd_pid "$h"
+  wait_until 30 "node $(short_name "$h") to register in the site's cluster on $(short_name batch)" node_registered "$h"
 }
 
 ssh_ok() {  # host
@@ -468,14 +428,13 @@ cmd_start() {
   ensure_routes
   write_hosts_files
   write_known_hosts
-  write_slurm_conf
   for h in $(host_list); do
     start_holder "$h"
     start_sshd "$h"
     start_munge "$h"
   done
   for h in $(worker_list); do start_libvirt "$h"; done
-  start_slurmctld
+  start_batch_slurm
   for h in $(worker_list); do
     wait_for_libvirt "$h"
     start_slurmd "$h"
@@ -501,7 +460,6 @@ stop_host() {  # host
     fi
   fi
   pid=$(slurmd_pid "$h"); [[ -z $pid ]] || stop_pid "slurmd of $(short_name "$h")" "$pid"
-  pid=$(slurmctld_pid "$h"); [[ -z $pid ]] || stop_pid "slurmctld of $(short_name "$h")" "$pid"
   pid=$(tini_pid "$h"); [[ -z $pid ]] || stop_pid "libvirtd of $(short_name "$h")" "$(libvirtd_pid "$h" || true)"
   pid=$(tini_pid "$h"); [[ -z $pid ]] || stop_pid "tini of $(short_name "$h")" "$pid"
   pid=$(virtlogd_pid "$h"); [[ -z $pid ]] || stop_pid "virtlogd of $(short_name "$h")" "$pid"

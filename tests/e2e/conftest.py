@@ -6,17 +6,10 @@ from __future__ import annotations
 import os
 import sys
 
-import playbook_runs
 import pytest
-from playbook_runs import assert_unchanged, changed_tasks, recap, sh  # noqa: F401  (the e2e tests import them from here)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-INVENTORY = os.path.join(ROOT, "inventories", "local")
-
-
-def run_playbook(name, *args):
-    """Run playbooks/<name>.yml against the local site; return (rc, output)."""
-    return playbook_runs.run_playbook(INVENTORY, name, *args)
+from sitebox import (  # noqa: F401 (re-exported for the e2e test modules)
+    INVENTORY, ROOT, VOS, assert_unchanged, changed_tasks, recap, run_playbook, sh, vo_env)
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,8 @@ import subprocess
 import sys
 import time
 
-import playbook_runs
 import pytest
-from playbook_runs import ROOT, sh
+from sitebox import ROOT, VOS, playbook_command, playbook_env, sh, vo_env
 
 TESTBED = os.path.join(ROOT, "scripts", "multihost-testbed.sh")
 INVENTORY = os.path.join(ROOT, "inventories", "multihost")
@@ -34,7 +33,10 @@ def fqdn(host):
 
 
 def run_playbook(name, *args):
-    return playbook_runs.run_playbook(INVENTORY, name, *args)
+    """Run playbooks/<name>.yml against the multi-host site; return (rc, output)."""
+    proc = subprocess.run(playbook_command(name, *args, inventory=INVENTORY), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=playbook_env(), check=False, cwd=ROOT)
+    return proc.returncode, proc.stdout
 
 
 def in_host(host, *args, check=False):
@@ -52,17 +54,22 @@ def virsh(host, *args):
     return in_host(host, "virsh", "-q", "-c", "qemu:///system", *args).stdout
 
 
-def slurm(*args):
-    """A Slurm client command on the batch server."""
-    return in_host(BATCH, *args).stdout
+def slurm(*args, vo=None):
+    """A Slurm client command on the batch server, in the site's cluster or in a VO's (docs/SECURITY.md)."""
+    env = ["env"] + ["%s=%s" % item for item in (vo_env(vo) or {}).items()]
+    return in_host(BATCH, *(env + list(args))).stdout
 
 
-def slurm_nodes():
-    return set(slurm("sinfo", "-h", "-N", "-o", "%N").split())
+def slurm_nodes(vo=None):
+    return set(slurm("sinfo", "-h", "-N", "-o", "%N", vo=vo).split())
 
 
-def node_state(name):
-    return slurm("sinfo", "-h", "-N", "-n", name, "-o", "%T").strip()
+def node_state(name, vo=None):
+    return slurm("sinfo", "-h", "-N", "-n", name, "-o", "%T", vo=vo).strip()
+
+
+def vo_of(slot):
+    return slot.rsplit("-", 2)[1]
 
 
 def leases():

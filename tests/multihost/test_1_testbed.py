@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import BATCH, INVENTORY, IPAM, KEY, KNOWN_HOSTS, WORKERS, fqdn, in_host, ssh
-from playbook_runs import ansible_env
+from conftest import BATCH, INVENTORY, IPAM, KEY, KNOWN_HOSTS, VOS, WORKERS, fqdn, in_host, slurm, ssh
+from sitebox import playbook_env
 
 
 def ansible(pattern, module, args=""):
     proc = subprocess.run(["ansible", pattern, "-i", INVENTORY, "-m", module, "-a", args, "-t", "/dev/null"]
-                          + ["-o"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ansible_env(),
+                          + ["-o"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=playbook_env(),
                           check=False)
     return proc
 
@@ -73,8 +73,10 @@ def test_hosts_reach_each_other_and_nothing_beyond(testbed):
         in_host(IPAM, "rm", "-f", marker)
 
 
-def test_slurm_knows_the_worker_nodes(testbed):
+def test_slurm_knows_the_worker_nodes_and_runs_a_cluster_per_vo(testbed):
     nodes = in_host(BATCH, "sinfo", "-h", "-N", "-o", "%N %o", check=True).stdout.split("\n")
     addresses = dict(line.split() for line in nodes if line.strip())
     for host in WORKERS:
-        assert addresses[host].startswith("10.254.80.1")
+        assert addresses[host] in (host, fqdn(host), "10.254.80.1" + host[-1])
+    for vo in VOS:  # each VO's VMs join a cluster of their own, with its own munge key (docs/SECURITY.md)
+        assert "UP" in slurm("scontrol", "ping", vo=vo)

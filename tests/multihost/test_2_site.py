@@ -9,11 +9,11 @@ import os
 import time
 
 import pytest
-from conftest import ALL_SLOTS, BATCH, SLOTS, STATE, WORKERS, in_host, leases, node_state, run_playbook, slurm, slurm_nodes, virsh
-from playbook_runs import assert_unchanged
+from conftest import (ALL_SLOTS, BATCH, SLOTS, STATE, VOS, WORKERS, in_host, leases, node_state, run_playbook, slurm,
+                      slurm_nodes, virsh, vo_of)
+from sitebox import assert_unchanged
 
 pytestmark = pytest.mark.slow
-VOS = ("atlas", "lhcb")
 
 
 def host_of(slot):
@@ -29,8 +29,9 @@ def test_convert_drains_every_worker_node_and_starts_its_vms(converted_site):
     for host in WORKERS:
         assert sorted(virsh(host, "list", "--name").split()) == sorted(SLOTS[host]), host
         assert node_state(host).startswith("drain"), host  # in the batch server, out of scheduling
-    for slot in ALL_SLOTS:
-        assert node_state(slot) == "idle", slot
+    for slot in ALL_SLOTS:  # each VM a node of its VO's cluster, none in the site's
+        assert node_state(slot, vo=vo_of(slot)) == "idle", slot
+    assert not set(ALL_SLOTS) & slurm_nodes()
 
 
 def test_leases_come_from_the_one_ipam_host_without_duplicates(converted_site):
@@ -45,7 +46,7 @@ def test_leases_come_from_the_one_ipam_host_without_duplicates(converted_site):
         assert ipaddress.ip_address(lease["ip"]) in ipaddress.ip_network(subnet), (slot, lease)
         assert lease["ip"] in virsh(host, "domifaddr", slot, "--source", "lease")  # took exactly its lease
         # the batch server reaches the VM at its leased address
-        assert lease["ip"] in slurm("scontrol", "show", "node", slot)
+        assert "NodeAddr=%s " % lease["ip"] in slurm("scontrol", "show", "node", slot, vo=vo_of(slot))
     # no worker node keeps a lease database of its own
     for host in WORKERS:
         assert in_host(host, "test", "-e", "/var/lib/skygrid/ipam.sqlite").returncode == 1
@@ -59,14 +60,14 @@ def test_a_second_run_changes_nothing(converted_site):
 def test_a_job_per_vo_runs_in_a_vm_on_a_worker_node(converted_site):
     jobs = {}
     for vo in VOS:
-        jobs[vo] = slurm("sbatch", "--parsable", "--constraint=" + vo, "--chdir=/tmp", "--output=/dev/null", "--wrap",
-                         "echo SKYGRID-JOB $SLURM_JOB_ID ran on $(hostname) for %s > /dev/ttyS0" % vo).strip()
+        jobs[vo] = slurm("sbatch", "--parsable", "--chdir=/tmp", "--output=/dev/null", "--wrap",
+                         "echo SKYGRID-JOB $SLURM_JOB_ID ran on $(hostname) for %s > /dev/ttyS0" % vo, vo=vo).strip()
         assert jobs[vo].isdigit(), jobs[vo]
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and slurm("squeue", "-h", "-j", ",".join(jobs.values())).strip():
+    while time.monotonic() < deadline and any(slurm("squeue", "-h", "-j", job, vo=vo).strip() for vo, job in jobs.items()):
         time.sleep(2)
     for vo, job in jobs.items():
-        ran = slurm("scontrol", "show", "job", job)
+        ran = slurm("scontrol", "show", "job", job, vo=vo)
         node = [word.split("=", 1)[1] for word in ran.split() if word.startswith("NodeList=")]
         assert node and node[0] in ALL_SLOTS and "-%s-" % vo in node[0], ran
         with open(console_log(node[0]), errors="replace") as handle:
@@ -84,6 +85,8 @@ def test_revert_leaves_nothing_on_any_host(converted_site):
         network = virsh(host, "net-dumpxml", "skygrid-mh")
         assert "<host " not in network, network  # no DHCP reservation left
     assert not leases()
+    for vo in VOS:
+        assert not set(ALL_SLOTS) & slurm_nodes(vo), vo
     assert not set(ALL_SLOTS) & slurm_nodes()
     rc, out = run_playbook("revert_worker_nodes")
     assert_unchanged(rc, out, "the second revert")

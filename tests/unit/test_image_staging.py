@@ -315,7 +315,12 @@ def test_pool_store_refuses_block_pools_and_missing_directories(tmp_path):
 
 
 def test_lock_path_is_safe_for_any_pool_name():
-    assert os.path.basename(pool_store.lock_path("../../etc/x y")) == "skygrid-vo-image-.._.._etc_x_y.lock"
+    assert os.path.basename(pool_store.lock_path("../../etc/x y", uid=0)) == "skygrid-vo-image-.._.._etc_x_y.lock"
+
+
+def test_a_normal_users_pool_has_a_lock_of_its_own():
+    assert os.path.basename(pool_store.lock_path("skygrid-desktop", uid=1003)) == "skygrid-vo-image-1003-skygrid-desktop.lock"
+    assert pool_store.lock_path("p", uid=1003) != pool_store.lock_path("p", uid=1004) != pool_store.lock_path("p", uid=0)
 
 
 # ---------------------------------------------------------------- who uses a volume

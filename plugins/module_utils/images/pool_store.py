@@ -33,9 +33,14 @@ FILE_POOL_TYPES = ("dir", "fs", "netfs")
 LOCK_DIRS = ("/run/lock", "/var/lock", "/tmp")
 
 
-def lock_path(pool_name):
+def lock_path(pool_name, uid=None):
+    """The lock of one pool. A normal user's pools (qemu:///session) are that user's own: their locks
+    carry the uid, so two users' pools of the same name never share one (nor trip over each other's
+    lock file in the shared, sticky lock directory)."""
+    uid = os.getuid() if uid is None else uid
     directory = next((path for path in LOCK_DIRS if os.path.isdir(path) and os.access(path, os.W_OK)), "/tmp")
-    return os.path.join(directory, "skygrid-vo-image-%s.lock" % re.sub(r"[^A-Za-z0-9_.-]", "_", pool_name))
+    owner = "" if uid == 0 else "%d-" % uid
+    return os.path.join(directory, "skygrid-vo-image-%s%s.lock" % (owner, re.sub(r"[^A-Za-z0-9_.-]", "_", pool_name)))
 
 
 class PoolStore:

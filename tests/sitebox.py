@@ -1,5 +1,6 @@
-"""Running the collection's playbooks as a site admin runs them, and reading what they did: shared by the
-end-to-end tests (tests/e2e, one machine) and the multi-host tests (tests/multihost)."""
+"""The site in a box as tests drive it: playbooks run as a site admin runs them (the checkout's
+ansible.cfg and collection, inventories/local), their recap and changed tasks read back, and Slurm
+commands in the site's or a VO's cluster. Used by tests/e2e and tests/faults."""
 
 from __future__ import annotations
 
@@ -9,22 +10,25 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INVENTORY = os.path.join(ROOT, "inventories", "local")
 RECAP = re.compile(r"^\S+\s*: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
-TASK_HEADER = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(.*)\] \*+\s*$")
-CHANGED_LINE = re.compile(r"^changed: \[([^\]]+)\](?: => \(item=(.*)\))?")
 
 
-def ansible_env():
+def playbook_env():
+    """The environment a site admin's checkout runs playbooks with: its ansible.cfg and collection."""
     return dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                 ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, "collections"),
                 PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
 
 
-def run_playbook(inventory, name, *args):
-    """Run playbooks/<name>.yml against an inventory; return (rc, output)."""
-    proc = subprocess.run(["ansible-playbook", "-i", inventory, os.path.join(ROOT, "playbooks", name + ".yml")] + list(args),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ansible_env(), check=False,
-                          cwd=ROOT)
+def playbook_command(name, *args, inventory=INVENTORY):
+    return ["ansible-playbook", "-i", inventory, os.path.join(ROOT, "playbooks", name + ".yml")] + list(args)
+
+
+def run_playbook(name, *args):
+    """Run playbooks/<name>.yml against the local site; return (rc, output)."""
+    proc = subprocess.run(playbook_command(name, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=playbook_env(), check=False, cwd=ROOT)
     return proc.returncode, proc.stdout
 
 
@@ -35,6 +39,10 @@ def recap(output):
         for index in range(4):
             totals[index] += int(match.group(index + 1))
     return tuple(totals)
+
+
+TASK_HEADER = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(.*)\] \*+\s*$")
+CHANGED_LINE = re.compile(r"^changed: \[([^\]]+)\](?: => \(item=(.*)\))?")
 
 
 def changed_tasks(output):
@@ -60,5 +68,16 @@ def assert_unchanged(rc, output, what):
     assert recap(output)[1] == 0 and not changed, "%s changed something:\n  %s" % (what, listed)
 
 
-def sh(*args, check=True):
-    return subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=check)
+# Each demo VO's VMs form a cluster of their own (docs/SECURITY.md): its clients read the VO's slurm.conf.
+VOS = ("atlas", "lhcb")
+
+
+def vo_env(vo):
+    """The environment of Slurm commands in ``vo``'s cluster (None: the site's cluster)."""
+    return {"SLURM_CONF": "/etc/slurm/vo/%s/slurm.conf" % vo} if vo else None
+
+
+def sh(*args, check=True, vo=None):
+    """Run a command; with ``vo``, its Slurm commands talk to that VO's cluster."""
+    env = dict(os.environ, **vo_env(vo)) if vo else None
+    return subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=check, env=env)
