@@ -84,15 +84,18 @@ host_arg() { local h=${1%%.*}; h=${h#mh-}; host_addr "$h" >/dev/null; echo "$h";
 
 holder_pid() { live_pid "$(host_dir "$1")/run/holder.pid" sleep; }
 sshd_pid() { live_pid "$(host_dir "$1")/run/sshd.pid" sshd; }
-libvirtd_pid() { live_pid "$(host_dir "$1")/run/libvirtd.pid" libvirtd; }
-tini_pid() { live_pid "$(host_dir "$1")/run/tini.pid" tini; }
-virtlogd_pid() { live_pid "$(host_dir "$1")/run/virtlogd.pid" virtlogd; }
-munged_pid() { live_pid "$(host_dir "$1")/munge/run/munged.pid" munged; }
-slurmd_pid() {  # in the host's private /run
+# libvirtd and virtlogd keep their default pid files, in the host's private /run: the hypervisor role's
+# start script (/usr/local/sbin/skygrid-libvirtd) finds and restarts them there
+host_run_pid() {  # host file comm
   local holder
   holder=$(holder_pid "$1")
-  [[ -z $holder ]] || live_pid "/proc/$holder/root/run/slurmd-$(short_name "$1").pid" slurmd
+  [[ -z $holder ]] || live_pid "/proc/$holder/root/run/$2" "$3"
 }
+libvirtd_pid() { host_run_pid "$1" libvirtd.pid libvirtd; }
+tini_pid() { live_pid "$(host_dir "$1")/run/tini.pid" tini; }
+virtlogd_pid() { host_run_pid "$1" virtlogd.pid virtlogd; }
+munged_pid() { live_pid "$(host_dir "$1")/munge/run/munged.pid" munged; }
+slurmd_pid() { host_run_pid "$1" "slurmd-$(short_name "$1").pid" slurmd; }
 
 running() { [[ -n $("$@") ]]; }  # a *_pid function found its process
 
@@ -299,12 +302,13 @@ libvirt_answers() { in_host "$1" timeout 10 virsh -c qemu:///system version >/de
 start_libvirt() {  # host: virtlogd, then libvirtd under tini -s (QEMU processes reaped at once)
   local h=$1 d
   d=$(host_dir "$h")
-  [[ -n $(virtlogd_pid "$h") ]] || in_host "$h" virtlogd -d -p "$d/run/virtlogd.pid"
-  [[ -n $(tini_pid "$h") ]] && return 0
+  [[ -n $(virtlogd_pid "$h") ]] || in_host "$h" virtlogd -d
+  # running: ours (under our tini), or one the hypervisor role's start script restarted
+  [[ -n $(tini_pid "$h") || -n $(libvirtd_pid "$h") ]] && return 0
   say "starting libvirtd of $(short_name "$h") under tini -s (log: $d/log/libvirtd.out)"
   # shellcheck disable=SC2016  # expanded by the inner bash
   setsid nohup nsenter -t "$(holder_pid "$h")" -m -u -n -- bash -c \
-    'echo $$ >"$1"; exec tini -s -- libvirtd -p "$2"' _ "$d/run/tini.pid" "$d/run/libvirtd.pid" \
+    'echo $$ >"$1"; exec tini -s -- libvirtd' _ "$d/run/tini.pid" \
     >>"$d/log/libvirtd.out" 2>&1 </dev/null &
 }
 
@@ -315,7 +319,7 @@ wait_for_libvirt() {  # host
   d=$(host_dir "$h")
   until libvirt_answers "$h"; do
     if ((SECONDS >= deadline)); then why="did not answer within ${START_TIMEOUT}s"
-    elif ((SECONDS > 3)) && [[ -z $(tini_pid "$h") ]]; then why="exited before answering"; fi
+    elif ((SECONDS > 3)) && [[ -z $(tini_pid "$h") && -z $(libvirtd_pid "$h") ]]; then why="exited before answering"; fi
     if [[ -n $why ]]; then
       echo "$TB_NAME: ERROR: libvirtd of $(short_name "$h") $why; last lines of its logs:" >&2
       tail -n 10 "$d/log/libvirtd.out" "$d/var-log-libvirt/libvirtd.log" >&2 2>/dev/null || true
@@ -460,7 +464,7 @@ stop_host() {  # host
     fi
   fi
   pid=$(slurmd_pid "$h"); [[ -z $pid ]] || stop_pid "slurmd of $(short_name "$h")" "$pid"
-  pid=$(tini_pid "$h"); [[ -z $pid ]] || stop_pid "libvirtd of $(short_name "$h")" "$(libvirtd_pid "$h" || true)"
+  pid=$(libvirtd_pid "$h"); [[ -z $pid ]] || stop_pid "libvirtd of $(short_name "$h")" "$pid"
   pid=$(tini_pid "$h"); [[ -z $pid ]] || stop_pid "tini of $(short_name "$h")" "$pid"
   pid=$(virtlogd_pid "$h"); [[ -z $pid ]] || stop_pid "virtlogd of $(short_name "$h")" "$pid"
   pid=$(munged_pid "$h"); [[ -z $pid ]] || stop_pid "munged of $(short_name "$h")" "$pid"
@@ -518,7 +522,7 @@ cmd_down() {  # host daemon
   h=$(host_arg "${1:?host}")
   case ${2:?daemon} in
     sshd) pid=$(sshd_pid "$h") ;;
-    libvirtd) pid=$(tini_pid "$h") ;;
+    libvirtd) pid=$(libvirtd_pid "$h") ;;
     *) die "down: sshd or libvirtd, not '$2'" ;;
   esac
   [[ -z $pid ]] || stop_pid "$2 of $(short_name "$h")" "$pid"
