@@ -56,6 +56,11 @@ KNOWN_HOSTS=$STATE_DIR/known_hosts
 MUNGE_KEY=$STATE_DIR/munge.key
 SLURMCTLD_PORT=6817
 HOSTS_MARK=skygrid-multihost
+# The hosts' libvirtd runs as "mh-libvirtd" (a symlink): `pkill -x libvirtd`, which the hypervisor role's
+# start script for hosts without systemd ran before it found its libvirtd by pid file, and which other test
+# runs on this machine may still run, must not stop the test bed's hosts.
+LIBVIRTD_NAME=mh-libvirtd
+LIBVIRTD_LINK=$STATE_DIR/bin/$LIBVIRTD_NAME
 RACKS=(a b c d e)   # two worker nodes a rack
 
 [[ $WORKERS =~ ^[1-9]$ ]] || die "SKYGRID_MULTIHOST_WORKERS must be 1 to 9, not '$WORKERS'"
@@ -91,7 +96,7 @@ host_run_pid() {  # host file comm
   holder=$(holder_pid "$1")
   [[ -z $holder ]] || live_pid "/proc/$holder/root/run/$2" "$3"
 }
-libvirtd_pid() { host_run_pid "$1" libvirtd.pid libvirtd; }
+libvirtd_pid() { host_run_pid "$1" libvirtd.pid "$LIBVIRTD_NAME"; }
 tini_pid() { live_pid "$(host_dir "$1")/run/tini.pid" tini; }
 virtlogd_pid() { host_run_pid "$1" virtlogd.pid virtlogd; }
 munged_pid() { live_pid "$(host_dir "$1")/munge/run/munged.pid" munged; }
@@ -123,6 +128,8 @@ ensure_keys() {
   chmod 0711 "$STATE_DIR"   # traversable: the VO slurmctlds of mh-batch run as slurm; keys stay 0600
   [[ -s $KEY ]] || { say "generating the test bed's SSH key $KEY"; ssh-keygen -q -t ed25519 -N "" -C skygrid-multihost -f "$KEY"; }
   cp "$KEY.pub" "$STATE_DIR/authorized_keys"
+  mkdir -p "$STATE_DIR/bin"
+  ln -sfn "$(command -v libvirtd)" "$LIBVIRTD_LINK"
   if [[ ! -s $MUNGE_KEY ]]; then
     say "generating the test bed's munge key (never printed)"
     (umask 077; dd if=/dev/urandom of="$MUNGE_KEY" bs=1 count=1024 status=none)
@@ -308,7 +315,7 @@ start_libvirt() {  # host: virtlogd, then libvirtd under tini -s (QEMU processes
   say "starting libvirtd of $(short_name "$h") under tini -s (log: $d/log/libvirtd.out)"
   # shellcheck disable=SC2016  # expanded by the inner bash
   setsid nohup nsenter -t "$(holder_pid "$h")" -m -u -n -- bash -c \
-    'echo $$ >"$1"; exec tini -s -- libvirtd' _ "$d/run/tini.pid" \
+    'echo $$ >"$1"; exec tini -s -- "$2"' _ "$d/run/tini.pid" "$LIBVIRTD_LINK" \
     >>"$d/log/libvirtd.out" 2>&1 </dev/null &
 }
 
