@@ -25,7 +25,8 @@
 #
 # Each host runs, in its own mount namespace held open by a `sleep` (its "holder"): PRIVATE /etc/libvirt,
 # /var/lib/libvirt, /run/libvirt, /var/log/libvirt, /var/cache/libvirt, /var/lib/skygrid, /etc/munge,
-# /run/munge, /var/lib/munge, /var/log/munge, /etc/slurm, /etc/ansible and /etc/hosts, bind-mounted from
+# /run/munge, /var/lib/munge, /var/log/munge, /etc/slurm, /etc/ansible, /etc/skygrid, /usr/local/sbin and
+# /etc/hosts, bind-mounted from
 # $STATE_DIR/hosts/<host>/, a /run of its own (tmpfs), and on worker nodes a fresh sysfs without cgroup
 # mounts (as in scripts/migration-testbed.sh).
 # The rest of the file system is the machine's (the packages, /root, /var/cache/skygrid with the VO image).
@@ -242,13 +243,19 @@ configure_libvirt() {  # host
 prepare_host() {  # host
   local h=$1 d
   d=$(host_dir "$h")
-  mkdir -p "$d/run" "$d/log" "$d/var-lib-skygrid" "$d/etc-slurm" "$d/slurm" "$d/etc-ansible" \
+  mkdir -p "$d/run" "$d/log" "$d/var-lib-skygrid" "$d/etc-slurm" "$d/slurm" "$d/etc-ansible" "$d/etc-skygrid" \
     "$d/munge/etc" "$d/munge/run" "$d/munge/lib" "$d/munge/log"
   chmod 0700 "$d/run" "$d/log"
   chmod 0755 "$d/var-lib-skygrid" "$d/munge/run"
   chown munge:munge "$d/munge/etc" "$d/munge/run" "$d/munge/lib" "$d/munge/log"
   chmod 0700 "$d/munge/etc" "$d/munge/lib" "$d/munge/log"
   install -o munge -g munge -m 0400 "$MUNGE_KEY" "$d/munge/etc/munge.key"
+  # /usr/local/sbin of its own, starting as a copy of the machine's (without the role's scripts)
+  if [[ ! -d $d/usr-local-sbin ]]; then
+    cp -a /usr/local/sbin "$d/usr-local-sbin.tmp"
+    rm -f "$d"/usr-local-sbin.tmp/skygrid-*
+    mv "$d/usr-local-sbin.tmp" "$d/usr-local-sbin"
+  fi
   write_sshd_config "$h"
   if is_worker "$h"; then configure_libvirt "$h"; fi
 }
@@ -272,6 +279,10 @@ host_init() {  # host
   mount --bind "$d/munge/log" /var/log/munge
   mount --bind "$d/etc-slurm" /etc/slurm
   mkdir -p /etc/ansible && mount --bind "$d/etc-ansible" /etc/ansible   # local facts (ansible_local)
+  # what the hypervisor role writes per host: the VM isolation rules, its scripts (otherwise the hosts,
+  # and other runs on this machine, overwrite each other's)
+  mkdir -p /etc/skygrid && mount --bind "$d/etc-skygrid" /etc/skygrid
+  mount --bind "$d/usr-local-sbin" /usr/local/sbin
   mount --bind "$d/hosts" /etc/hosts
   hostname "$(short_name "$h")"
   echo "=== $(date -Is) host $(fqdn "$h") up in netns $(ns_name "$h")"
