@@ -250,12 +250,12 @@ prepare_host() {  # host
   chown munge:munge "$d/munge/etc" "$d/munge/run" "$d/munge/lib" "$d/munge/log"
   chmod 0700 "$d/munge/etc" "$d/munge/lib" "$d/munge/log"
   install -o munge -g munge -m 0400 "$MUNGE_KEY" "$d/munge/etc/munge.key"
-  # /usr/local/sbin of its own, starting as a copy of the machine's (without the role's scripts)
-  if [[ ! -d $d/usr-local-sbin ]]; then
-    cp -a /usr/local/sbin "$d/usr-local-sbin.tmp"
-    rm -f "$d"/usr-local-sbin.tmp/skygrid-*
-    mv "$d/usr-local-sbin.tmp" "$d/usr-local-sbin"
-  fi
+  # /usr/local/sbin and /etc/skygrid of its own, starting as copies of the machine's: the libvirt network hook
+  # in the host's /etc/libvirt runs the isolation script with its rules from the first start on, and fails
+  # the network without them (the role then keeps both the host's own)
+  mkdir -p "$d/usr-local-sbin"
+  cp -an /usr/local/sbin/. "$d/usr-local-sbin/"
+  [[ -e $d/etc-skygrid/vm-isolation.rules || ! -d /etc/skygrid ]] || cp -an /etc/skygrid/. "$d/etc-skygrid/"
   write_sshd_config "$h"
   if is_worker "$h"; then configure_libvirt "$h"; fi
 }
