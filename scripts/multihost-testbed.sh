@@ -536,14 +536,15 @@ cmd_status() {
 
 # A broken host for the failure tests: stop one daemon; `start` repairs it.
 cmd_down() {  # host daemon
-  local h pid
+  local h pid p
   h=$(host_arg "${1:?host}")
   case ${2:?daemon} in
-    sshd) pid=$(sshd_pid "$h") ;;
+    # the listener and every session: a client's ControlPersist master would otherwise keep the host reachable
+    sshd) pid="$(sshd_pid "$h") $(for p in $(ns_pids "$(ns_name "$h")"); do [[ $(pid_comm "$p") != sshd ]] || echo "$p"; done)" ;;
     libvirtd) pid=$(libvirtd_pid "$h") ;;
     *) die "down: sshd or libvirtd, not '$2'" ;;
   esac
-  [[ -z $pid ]] || stop_pid "$2 of $(short_name "$h")" "$pid"
+  for p in $pid; do stop_pid "$2 of $(short_name "$h")" "$p"; done
 }
 
 case ${1:-} in
