@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import ALL_SLOTS, SLOTS, TESTBED, WORKERS, fqdn, leases, node_state, run_playbook, sh, virsh, vo_of
-from sitebox import changed_tasks, recap
+from sitebox import changed_tasks, recap, sh
+from conftest import ALL_SLOTS, SLOTS, TESTBED, WORKERS, fqdn, leases, node_state, run_playbook, virsh, vo_of
 
 pytestmark = pytest.mark.slow
 BROKEN = "mh-wn2"
