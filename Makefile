@@ -47,8 +47,16 @@ sanity:
 unit:
 	pytest -q tests/unit
 
-integration:
+integration: torque-testbed
 	pytest -q tests/integration
+
+# Torque 6.1.3 from source, once (cached outside the clone), and its one-host test bed
+.PHONY: torque torque-testbed
+torque: deps
+	scripts/torque/build.sh
+
+torque-testbed: torque
+	scripts/torque-testbed.sh start
 
 molecule:
 	molecule test -s hypervisor
