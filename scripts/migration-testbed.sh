@@ -59,7 +59,7 @@ DAEMON_DIR=$STATE_DIR/daemon
 ETC_DIR=$STATE_DIR/etc-libvirt
 POOL_A=$STATE_DIR/pool-a
 POOL_B=$STATE_DIR/pool-b
-START_TIMEOUT=${SKYGRID_MIGRATION_TIMEOUT:-60}
+START_TIMEOUT=${SKYGRID_MIGRATION_TIMEOUT:-600}
 TINI_PIDFILE=$DAEMON_DIR/tini.pid
 LIBVIRTD_PIDFILE=$DAEMON_DIR/libvirtd.pid
 VIRTLOGD_PIDFILE=$DAEMON_DIR/virtlogd.pid
@@ -289,17 +289,27 @@ start_daemons() {
     >>"$DAEMON_LOG" 2>&1 </dev/null &
 }
 
+# Host B's first libvirtd start probes QEMU's capabilities (slow on a busy machine): wait as long
+# as its tini is alive, up to START_TIMEOUT, and fail at once when it exited.
 wait_for_b() {
-  local deadline=$((SECONDS + START_TIMEOUT))
+  local deadline=$((SECONDS + START_TIMEOUT)) next_note=$((SECONDS + 30)) why=""
   until b_answers; do
-    if ((SECONDS >= deadline)) || { ((SECONDS > 3)) && [[ -z $(tini_pid) ]]; }; then
-      echo "migration-testbed: ERROR: libvirtd of host B did not answer on $URI" \
-        "within ${START_TIMEOUT}s (or exited)" >&2
+    if ((SECONDS >= deadline)); then
+      why="did not answer on $URI within ${START_TIMEOUT}s"
+    elif ((SECONDS > 3)) && [[ -z $(tini_pid) ]]; then
+      why="exited before answering on $URI"
+    fi
+    if [[ -n $why ]]; then
+      echo "migration-testbed: ERROR: libvirtd of host B $why" >&2
       echo "migration-testbed: last lines of $DAEMON_LOG:" >&2
       tail -n 15 "$DAEMON_LOG" >&2 || true
       echo "migration-testbed: last lines of $STATE_DIR/var-log-libvirt/libvirtd.log:" >&2
       tail -n 15 "$STATE_DIR/var-log-libvirt/libvirtd.log" >&2 2>/dev/null || true
       exit 1
+    fi
+    if ((SECONDS >= next_note)); then
+      say "libvirtd of host B alive (tini pid $(tini_pid)), not answering yet; waiting (up to ${START_TIMEOUT}s)"
+      next_note=$((SECONDS + 30))
     fi
     sleep 0.3
   done

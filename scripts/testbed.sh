@@ -17,7 +17,7 @@ STATE_DIR=/run/skygrid-testbed
 LOG_DIR=/var/log/libvirt
 LIBVIRTD_LOG=$LOG_DIR/skygrid-testbed-libvirtd.log
 POOL_DIR=/var/lib/libvirt/images
-START_TIMEOUT=${SKYGRID_TESTBED_TIMEOUT:-30}
+START_TIMEOUT=${SKYGRID_TESTBED_TIMEOUT:-600}
 
 say() { echo "testbed: $*"; }
 die() { echo "testbed: ERROR: $*" >&2; exit 1; }
@@ -43,19 +43,44 @@ libvirtd_pid() {
   pgrep -x libvirtd | head -n1 || true
 }
 
+# The first start on a new machine probes QEMU's capabilities, which takes long on a busy machine:
+# wait as long as libvirtd is alive (bounded by START_TIMEOUT), fail at once when it died.
 wait_for_libvirt() {
-  local deadline=$((SECONDS + START_TIMEOUT))
+  local deadline=$((SECONDS + START_TIMEOUT)) next_note=$((SECONDS + 30)) why=""
   until libvirt_answers; do
     if ((SECONDS >= deadline)); then
-      echo "testbed: ERROR: libvirtd did not answer on $URI within ${START_TIMEOUT}s" >&2
+      why="did not answer on $URI within ${START_TIMEOUT}s"
+    elif ((SECONDS > 3)) && [[ -z $(libvirtd_pid) ]]; then
+      why="exited before answering on $URI"
+    fi
+    if [[ -n $why ]]; then
+      echo "testbed: ERROR: libvirtd $why" >&2
       if [[ -f $LIBVIRTD_LOG ]]; then
         echo "testbed: last lines of $LIBVIRTD_LOG:" >&2
         tail -n 20 "$LIBVIRTD_LOG" >&2
       fi
       exit 1
     fi
+    if ((SECONDS >= next_note)); then
+      say "libvirtd (pid $(libvirtd_pid)) alive, not answering yet; waiting (up to ${START_TIMEOUT}s)"
+      next_note=$((SECONDS + 30))
+    fi
     sleep 0.3
   done
+}
+
+# Debian's udev rule makes /dev/kvm root:kvm 0660. Where no udev runs (containers, some CI VMs) the
+# node stays root:root 0600, QEMU (running as libvirt-qemu) cannot open it, and libvirtd re-probes
+# QEMU's capabilities on every define (~8 s each): apply the rule's effect ourselves, and say so.
+ensure_kvm_device_access() {
+  [[ -c /dev/kvm ]] || return 0
+  getent group kvm >/dev/null || return 0
+  local current
+  current=$(stat -c '%G %a' /dev/kvm)
+  [[ $current == "kvm 660" ]] && return 0
+  chgrp kvm /dev/kvm
+  chmod 0660 /dev/kvm
+  say "/dev/kvm was '$current' (no udev here): set root:kvm 0660 as Debian's udev rule does"
 }
 
 start_daemons_systemd() {
@@ -144,6 +169,7 @@ ensure_default_pool() {
 
 cmd_start() {
   [[ $EUID -eq 0 ]] || die "must run as root"
+  ensure_kvm_device_access
   if have_systemd; then
     start_daemons_systemd
   else

@@ -1,6 +1,6 @@
 """Benchmark: skygrid.fabric.ip_lease allocating 10,000 leases in one pool via ``leases:`` lists.
 
-1. in the module's Python: module_utils/ipam.run called directly, as the module calls it, one call per
+1. in the module's Python: module_utils/ipam/transaction.run called directly, as the module calls it, one call per
    list (a fresh database; each call opens it, runs one transaction and closes it, as a module run does);
 2. through real module processes, one after another (``python -m ...ip_lease ARGS.json``, as Ansible
    runs a module on the target), split into the process's wall time and the time inside the module's
@@ -57,14 +57,15 @@ def owners(start, count):
 
 def in_python(db, count, batch):
     sys.path.insert(0, COLLECTIONS)
-    from ansible_collections.skygrid.fabric.plugins.module_utils import ipam
+    from ansible_collections.skygrid.fabric.plugins.module_utils.ipam import transaction
+    from ansible_collections.skygrid.fabric.plugins.module_utils.ipam.pool import build_requests
     from ansible_collections.skygrid.fabric.plugins.module_utils.reconcile import Reconciler
     calls = []
     start = time.monotonic()
     for first in range(0, count, batch):
         began = time.monotonic()
-        requests = ipam.build_requests("bench", leases=owners(first, min(batch, count - first)))
-        ipam.run(db, POOLS, requests, Reconciler())
+        requests = build_requests("bench", leases=owners(first, min(batch, count - first)))
+        transaction.run(db, POOLS, requests, Reconciler())
         calls.append(time.monotonic() - began)
     return time.monotonic() - start, calls
 

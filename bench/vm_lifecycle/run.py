@@ -66,7 +66,9 @@ def run_playbook(text, collections_path, workdir, pythonpath=None):
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     start = time.monotonic()
-    proc = subprocess.run(["ansible-playbook", "-i", "localhost,", "-c", "local",
+    # The ansible-playbook of the interpreter running the benchmark (.venv/bin), whatever PATH says.
+    playbook_cmd = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+    proc = subprocess.run([playbook_cmd, "-i", "localhost,", "-c", "local",
                            "-e", "ansible_python_interpreter=" + sys.executable, path],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
     elapsed = time.monotonic() - start

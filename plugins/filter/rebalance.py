@@ -15,7 +15,7 @@ description:
   - The slots are the VMs whose metadata has C(vo) and C(slot_host) (the vm_slots role writes both) and that
     run on that host (a slot VM migrated to another host is neither counted nor moved); a slot is busy when
     the batch system runs a job on it (the C(busy_nodes) of M(skygrid.fabric.vo_demand)).
-  - The moves come from the planner in C(module_utils/rebalance.py) - idle spare slots first, each VO's
+  - The moves come from the planner in C(module_utils/planning/rebalance.py) - idle spare slots first, each VO's
     minimum, maximum and per-host maximum, a cool-down per slot, at most O(max_changes) moves, busy VMs only
     by preemption and only when allowed; see C(docs/REBALANCE.md).
   - On top of the planner, a move whose new VM would not fit its host is skipped (the target VO's VM may be
@@ -131,7 +131,7 @@ _value:
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.rebalance import plan_moves
+from ansible_collections.skygrid.fabric.plugins.module_utils.planning.rebalance import plan_moves
 
 
 def _number(value, field, default=0.0):

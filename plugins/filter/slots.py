@@ -50,7 +50,8 @@ _value:
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils import slots
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch import domains
+from ansible_collections.skygrid.fabric.plugins.module_utils.planning import slots
 
 
 def _filter(name, func):
@@ -70,6 +71,9 @@ FILTERS = {
     "dhcp_hosts": slots.dhcp_hosts,
     "slot_vms": slots.slot_vms,
     "slot_batch_nodes": slots.batch_nodes,
+    "batch_node_items": slots.batch_node_items,
+    "batch_env": domains.batch_env,
+    "site_built_vos": domains.site_built_vos,
 }
 
 

@@ -32,17 +32,42 @@ attributes:
   diff_mode:
     support: full
     description: Shows the node's cores, memory, properties, schedulability and note before and after.
+extends_documentation_fragment:
+  - skygrid.fabric.batch
 options:
-  backend:
-    description: The batch system.
-    type: str
-    required: true
-    choices: [torque, slurm]
   name:
     description:
       - Node name (Torque node / Slurm NodeName); for a VM, its name.
+      - Required unless O(nodes) is given.
     type: str
-    required: true
+  nodes:
+    description:
+      - Several nodes in one call, all brought to O(state) (with O(wait_drained), O(timeout) and O(force)),
+        in order. One module run for all of a host's VM slots instead of one per slot.
+      - Mutually exclusive with O(name).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Node name.
+        type: str
+        required: true
+      cores:
+        description: As O(cores).
+        type: int
+      memory_mb:
+        description: As O(memory_mb).
+        type: int
+      properties:
+        description: As O(properties).
+        type: list
+        elements: str
+      address:
+        description: As O(address).
+        type: str
+      note:
+        description: As O(note).
+        type: str
   state:
     description:
       - V(present) - the node exists with the given size and properties; its schedulability is left alone.
@@ -102,9 +127,6 @@ options:
         Torque deletes it with its jobs' slots; Slurm refuses to delete a node that runs jobs, and the module fails.
     type: bool
     default: false
-  bin_dir:
-    description: Directory holding the batch commands, when they are not on the PATH (for example C(/opt/torque/bin)).
-    type: path
 notes:
   - A Slurm node added by this module is a dynamic node in state FUTURE until a C(slurmd -Z) on the node
     registers it; the node's features route jobs (C(sbatch --constraint=atlas)) and NodeSet partitions.
@@ -155,9 +177,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+nodes:
+  description: With O(nodes), each node's result (C(name), C(node), C(waited)) in the order given.
+  returned: when O(nodes) is given
+  type: list
+  elements: dict
 node:
   description: The node as the batch system reports it after the change (before it, in check mode); null when absent.
-  returned: always
+  returned: when O(name) is given
   type: dict
   contains:
     name:
@@ -231,17 +258,25 @@ actions:
   sample: ["add node wn042-atlas-1 (8 cores, properties atlas,vm)"]
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.batch import get_backend
-from ansible_collections.skygrid.fabric.plugins.module_utils.batch.manage import NODE_STATES, ensure_node, node_spec
-from ansible_collections.skygrid.fabric.plugins.module_utils.batch.runner import AnsibleRunner
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch import BATCH_OPTIONS, module_backend
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch.manage import (
+    NODE_STATES, ensure_node, ensure_nodes, node_spec, node_specs)
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 
 class BatchNodeModule(FabricModule):
     supports_check_mode = True
     argument_spec = dict(
-        backend=dict(type="str", required=True, choices=["torque", "slurm"]),
-        name=dict(type="str", required=True),
+        BATCH_OPTIONS,
+        name=dict(type="str"),
+        nodes=dict(type="list", elements="dict", options=dict(
+            name=dict(type="str", required=True),
+            cores=dict(type="int"),
+            memory_mb=dict(type="int"),
+            properties=dict(type="list", elements="str"),
+            address=dict(type="str"),
+            note=dict(type="str"),
+        )),
         state=dict(type="str", default="present", choices=list(NODE_STATES)),
         cores=dict(type="int"),
         memory_mb=dict(type="int"),
@@ -252,14 +287,17 @@ class BatchNodeModule(FabricModule):
         timeout=dict(type="int", default=3600),
         poll_interval=dict(type="float", default=5.0),
         force=dict(type="bool", default=False),
-        bin_dir=dict(type="path"),
     )
 
+    module_kwargs = dict(mutually_exclusive=[("name", "nodes")], required_one_of=[("name", "nodes")])
+
     def run(self):
-        backend = get_backend(self.params["backend"], AnsibleRunner(self.module, self.params["bin_dir"]),
-                              poll_interval=max(0.05, self.params["poll_interval"]))
+        backend = module_backend(self.module, poll_interval=max(0.05, self.params["poll_interval"]))
         if self.params["address"] and self.params["backend"] == "torque":
             self.module.warn("address is ignored by the torque backend: Torque reaches a node by its name")
+        if self.params["nodes"] is not None:
+            results = ensure_nodes(backend, node_specs(self.params), self.reconciler)
+            return {"nodes": results, "waited": any(result["waited"] for result in results)}
         return ensure_node(backend, node_spec(self.params), self.reconciler)
 
 

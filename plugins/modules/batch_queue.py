@@ -32,12 +32,9 @@ attributes:
   diff_mode:
     support: full
     description: Shows the queue's routing, ACLs and state before and after.
+extends_documentation_fragment:
+  - skygrid.fabric.batch
 options:
-  backend:
-    description: The batch system.
-    type: str
-    required: true
-    choices: [torque, slurm]
   name:
     description: Queue (Torque) or partition (Slurm) name, usually the VO's name.
     type: str
@@ -76,9 +73,6 @@ options:
         defined as C(NodeSet=vo_atlas Feature=atlas) by the slurm role) rather than the nodes that have
         the feature now.
     type: str
-  bin_dir:
-    description: Directory holding the batch commands, when they are not on the PATH.
-    type: path
 notes:
   - A Slurm partition made with C(scontrol) does not survive C(scontrol reconfigure) or a slurmctld
     restart; put it in slurm.conf for good (the skygrid.fabric.slurm role does) and use this module to
@@ -173,16 +167,15 @@ actions:
   sample: ["create queue atlas for atlas"]
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.batch import get_backend
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch import BATCH_OPTIONS, module_backend
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch.manage import ensure_queue, queue_spec
-from ansible_collections.skygrid.fabric.plugins.module_utils.batch.runner import AnsibleRunner
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 
 class BatchQueueModule(FabricModule):
     supports_check_mode = True
     argument_spec = dict(
-        backend=dict(type="str", required=True, choices=["torque", "slurm"]),
+        BATCH_OPTIONS,
         name=dict(type="str", required=True),
         state=dict(type="str", default="present", choices=["present", "absent"]),
         property=dict(type="str"),
@@ -191,11 +184,10 @@ class BatchQueueModule(FabricModule):
         enabled=dict(type="bool", default=True),
         started=dict(type="bool", default=True),
         nodeset=dict(type="str"),
-        bin_dir=dict(type="path"),
     )
 
     def run(self):
-        backend = get_backend(self.params["backend"], AnsibleRunner(self.module, self.params["bin_dir"]))
+        backend = module_backend(self.module)
         return ensure_queue(backend, queue_spec(self.params, backend), self.reconciler)
 
 

@@ -15,6 +15,8 @@ description:
     (kvm or qemu), CPUs, memory, KSM memory sharing, libvirt and QEMU versions, domain counts.
   - C(virt_type) is C(kvm) only when libvirt offers KVM and, on a local host, the CPU has VT-x or
     AMD-V; sandboxes that expose C(/dev/kvm) without them get C(qemu).
+  - Warns when C(/dev/kvm) is not C(root:kvm 0660), as on hosts where udev does not run; libvirtd then
+    re-probes QEMU on every define (seconds each). The warning names the fix.
 author:
   - skygrid.fabric contributors (@skygrid)
 extends_documentation_fragment:
@@ -58,7 +60,14 @@ hypervisor:
       description: Logical CPUs.
       type: int
     memory_mb:
-      description: Memory in MiB.
+      description:
+        - Memory in MiB, the figure slot plans use. For a local URI the kernel's MemTotal, which only
+          changes when the host does; for a remote URI libvirt's figure.
+      type: int
+    libvirt_memory_mb:
+      description:
+        - Memory in MiB as libvirt reports it (the sum of its NUMA nodes). On some machines it is far
+          below MemTotal and moves between calls, so nothing idempotent should depend on it.
       type: int
     free_memory_mb:
       description: Free memory in MiB.
@@ -75,6 +84,16 @@ hypervisor:
     hypervisor_version:
       description: Version of the hypervisor (QEMU).
       type: str
+    nwfilters:
+      description: Names of libvirt's network filters (C(clean-traffic) is the anti-spoofing one VM NICs use).
+      type: list
+      elements: str
+    security_models:
+      description:
+        - libvirt's security drivers for QEMU (C(dac), C(apparmor), C(selinux), C(none)). Without
+          C(apparmor) or C(selinux) nothing confines a QEMU process beyond its Unix user, and the module warns.
+      type: list
+      elements: str
     domain_count:
       description: Domains defined or running.
       type: int
@@ -86,17 +105,20 @@ hypervisor:
     domain_types: [kvm, qemu]
     cpus: 64
     memory_mb: 257426
+    libvirt_memory_mb: 257426
     free_memory_mb: 198311
     max_vcpus: 288
     ksm: {available: true, enabled: true, run: 1, pages_shared: 1024, pages_sharing: 9322}
     libvirt_version: 9.0.0
     hypervisor_version: 7.2.0
+    nwfilters: [allow-arp, clean-traffic, no-arp-spoofing, no-ip-spoofing, no-mac-spoofing]
+    security_models: [apparmor, dac]
     domain_count: 12
     running_domain_count: 12
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import host
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import connection
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import host
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 
@@ -105,8 +127,17 @@ class HypervisorInfoModule(FabricModule):
     argument_spec = dict(uri=dict(type="str", default="qemu:///system"))
 
     def run(self):
-        with connection(self.params["uri"], readonly=True) as conn:
-            return {"hypervisor": host.facts(conn, self.params["uri"])}
+        uri = self.params["uri"]
+        if host.is_local(uri):
+            kvm_warning = host.kvm_device_warning()
+            if kvm_warning:
+                self.reconciler.warn(kvm_warning)
+        with connection(uri, readonly=True) as conn:
+            facts = host.facts(conn, uri)
+        confinement = host.confinement_warning(facts["security_models"])
+        if confinement:
+            self.reconciler.warn(confinement)
+        return {"hypervisor": facts}
 
 
 def main():

@@ -206,7 +206,8 @@ images:
       format: qcow2
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import image_list
+from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.args import endorser_options
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 
@@ -214,10 +215,7 @@ class ImageListModule(FabricModule):
     supports_check_mode = True
     argument_spec = dict(
         url=dict(type="str", required=True, aliases=["list_url"]),
-        endorsers=dict(type="list", elements="dict", required=True, options=dict(
-            dn=dict(type="str", required=True),
-            ca=dict(type="str", required=True),
-        )),
+        endorsers=dict(type="list", elements="dict", required=True, options=endorser_options()),
         ca_path=dict(type="path", default=image_list.DEFAULT_CA_PATH),
         validate_certs=dict(type="bool", default=True),
         timeout=dict(type="int", default=30),

@@ -291,7 +291,10 @@ actions:
   elements: str
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import ipam
+from ansible_collections.skygrid.fabric.plugins.module_utils.ipam import transaction
+from ansible_collections.skygrid.fabric.plugins.module_utils.ipam.exports import EXPORT_FORMATS
+from ansible_collections.skygrid.fabric.plugins.module_utils.ipam.pool import STATES, build_requests
+from ansible_collections.skygrid.fabric.plugins.module_utils.ipam.store import DEFAULT_DB, DEFAULT_TIMEOUT
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 
@@ -301,16 +304,16 @@ class IpLeaseModule(FabricModule):
         pool=dict(type="str"),
         pools=dict(type="dict", default={}),
         owner=dict(type="str"),
-        state=dict(type="str", default="present", choices=list(ipam.STATES)),
+        state=dict(type="str", default="present", choices=list(STATES)),
         leases=dict(type="list", elements="dict", options=dict(
             owner=dict(type="str", required=True),
             pool=dict(type="str"),
-            state=dict(type="str", choices=list(ipam.STATES)),
+            state=dict(type="str", choices=list(STATES)),
         )),
-        db=dict(type="path", default=ipam.DEFAULT_DB),
-        timeout=dict(type="float", default=ipam.DEFAULT_TIMEOUT),
+        db=dict(type="path", default=DEFAULT_DB),
+        timeout=dict(type="float", default=DEFAULT_TIMEOUT),
         export=dict(type="dict", options=dict(
-            format=dict(type="str", required=True, choices=list(ipam.EXPORT_FORMATS)),
+            format=dict(type="str", required=True, choices=list(EXPORT_FORMATS)),
             path=dict(type="path"),
             pools=dict(type="list", elements="str"),
         )),
@@ -320,9 +323,9 @@ class IpLeaseModule(FabricModule):
 
     def run(self):
         params = self.params
-        requests = ipam.build_requests(params["pool"], params["owner"], params["state"], params["leases"])
-        report = ipam.run(params["db"], params["pools"], requests, self.reconciler, export=params["export"],
-                          pool=params["pool"], timeout=params["timeout"])
+        requests = build_requests(params["pool"], params["owner"], params["state"], params["leases"])
+        report = transaction.run(params["db"], params["pools"], requests, self.reconciler, export=params["export"],
+                                 pool=params["pool"], timeout=params["timeout"])
         leases = report.pop("leases")
         if params["owner"]:
             report["lease"] = leases[0]

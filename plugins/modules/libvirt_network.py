@@ -160,9 +160,9 @@ actions:
   elements: str
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import network_spec
-from ansible_collections.skygrid.fabric.plugins.module_utils.networks import NetworkKind
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_object_module import COMMON_OPTIONS, LibvirtObjectModule
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import network_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.networks import NetworkKind
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.object_module import COMMON_OPTIONS, LibvirtObjectModule
 
 
 class LibvirtNetworkModule(LibvirtObjectModule):

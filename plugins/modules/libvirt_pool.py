@@ -130,8 +130,8 @@ actions:
   elements: str
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import pools
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_object_module import COMMON_OPTIONS, LibvirtObjectModule
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import pools
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.object_module import COMMON_OPTIONS, LibvirtObjectModule
 
 
 class LibvirtPoolModule(LibvirtObjectModule):

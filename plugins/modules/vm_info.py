@@ -113,9 +113,9 @@ vms:
       managed: true
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import connection
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
-from ansible_collections.skygrid.fabric.plugins.module_utils.vm_report import describe_all
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.report import describe_all
 
 
 class VmInfoModule(FabricModule):

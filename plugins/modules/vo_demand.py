@@ -39,12 +39,9 @@ attributes:
   diff_mode:
     support: none
     description: Reads only.
+extends_documentation_fragment:
+  - skygrid.fabric.batch
 options:
-  backend:
-    description: The batch system.
-    type: str
-    required: true
-    choices: [torque, slurm]
   vos:
     description:
       - The site's VOs and how their jobs are recognised, C({vo - {partition, queue, features, properties}}).
@@ -71,9 +68,6 @@ options:
     description: Also return every job (RV(jobs)); for debugging, large on a busy site.
     type: bool
     default: false
-  bin_dir:
-    description: Directory holding the batch commands, when they are not on the PATH (for example C(/opt/torque/bin)).
-    type: path
 notes:
   - "Slurm: C(squeue -h -a -r) - hidden partitions too, one line per job array element. Torque: C(qstat -f -x)
     without C(-t) prints a job array as one summary job; a waiting summary counts as the number of elements
@@ -176,25 +170,23 @@ jobs:
   elements: dict
 """
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.batch import get_backend
-from ansible_collections.skygrid.fabric.plugins.module_utils.batch.runner import AnsibleRunner
-from ansible_collections.skygrid.fabric.plugins.module_utils.demand import MATCH_BY, read_demand
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch import BATCH_OPTIONS, module_backend
+from ansible_collections.skygrid.fabric.plugins.module_utils.planning.demand import MATCH_BY, read_demand
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 
 class VoDemandModule(FabricModule):
     supports_check_mode = True
     argument_spec = dict(
-        backend=dict(type="str", required=True, choices=["torque", "slurm"]),
+        BATCH_OPTIONS,
         vos=dict(type="dict", default={}),
         match_by=dict(type="str", default="auto", choices=list(MATCH_BY)),
         count_held=dict(type="bool", default=False),
         details=dict(type="bool", default=False),
-        bin_dir=dict(type="path"),
     )
 
     def run(self):
-        backend = get_backend(self.params["backend"], AnsibleRunner(self.module, self.params["bin_dir"]))
+        backend = module_backend(self.module)
         return read_demand(backend, self.params["vos"], match_by=self.params["match_by"],
                            count_held=self.params["count_held"], details=self.params["details"])
 

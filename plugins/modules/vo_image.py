@@ -325,14 +325,15 @@ kept:
 
 import contextlib
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import image_list
+from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.args import endorser_options, image_selector_options
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.image_staging import ImageStager, check_trust_class
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt_connection import connection
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.names import check_trust_class
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.staging import ImageStager
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 IMAGE_KEYS = ("version", "image_url", "sha512", "size", "format")
-ENDORSER_OPTIONS = dict(dn=dict(type="str", required=True), ca=dict(type="str", required=True))
 
 
 class VoImageModule(FabricModule):
@@ -344,22 +345,10 @@ class VoImageModule(FabricModule):
         state=dict(type="str", default="present", choices=["present", "absent"]),
         trust_class=dict(type="int", default=2, choices=[1, 2, 3]),
         allow_user_images=dict(type="bool", default=False),
-        image=dict(type="str"),
-        version=dict(type="str"),
-        image_url=dict(type="str"),
-        sha512=dict(type="str"),
-        size=dict(type="int"),
-        format=dict(type="str", choices=["qcow2", "raw"]),
-        images=dict(type="list", elements="dict", options=dict(
-            image=dict(type="str", required=True),
-            version=dict(type="str"),
-            image_url=dict(type="str"),
-            sha512=dict(type="str"),
-            size=dict(type="int"),
-            format=dict(type="str", choices=["qcow2", "raw"]),
-        )),
+        **image_selector_options(image_required=False),
+        images=dict(type="list", elements="dict", options=image_selector_options(image_required=True)),
         list_url=dict(type="str"),
-        endorsers=dict(type="list", elements="dict", options=ENDORSER_OPTIONS),
+        endorsers=dict(type="list", elements="dict", options=endorser_options()),
         ca_path=dict(type="path", default=image_list.DEFAULT_CA_PATH),
         prune=dict(type="bool", default=False),
         provenance_log=dict(type="path"),

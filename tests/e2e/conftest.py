@@ -34,8 +34,46 @@ def recap(output):
     return tuple(totals)
 
 
-def sh(*args, check=True):
-    return subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=check)
+TASK_HEADER = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(.*)\] \*+\s*$")
+CHANGED_LINE = re.compile(r"^changed: \[([^\]]+)\](?: => \(item=(.*)\))?")
+
+
+def changed_tasks(output):
+    """Every 'changed' result of a playbook run, as 'task [host] (item)' lines, in order."""
+    task, found = "?", []
+    for line in output.splitlines():
+        header = TASK_HEADER.match(line)
+        if header:
+            task = header.group(1)
+            continue
+        changed = CHANGED_LINE.match(line)
+        if changed:
+            item = " (item=%s)" % changed.group(2)[:120] if changed.group(2) else ""
+            found.append("%s [%s]%s" % (task, changed.group(1), item))
+    return found
+
+
+def assert_unchanged(rc, output, what):
+    """An idempotency check that names the tasks that changed, not the tail of the output."""
+    assert rc == 0, "%s failed:\n%s" % (what, output[-4000:])
+    changed = changed_tasks(output)
+    listed = "\n  ".join(changed or ["(the recap counts changes; no 'changed:' line named them)"])
+    assert recap(output)[1] == 0 and not changed, "%s changed something:\n  %s" % (what, listed)
+
+
+# Each demo VO's VMs form a cluster of their own (docs/SECURITY.md): its clients read the VO's slurm.conf.
+VOS = ("atlas", "lhcb")
+
+
+def vo_env(vo):
+    """The environment of Slurm commands in ``vo``'s cluster (None: the site's cluster)."""
+    return {"SLURM_CONF": "/etc/slurm/vo/%s/slurm.conf" % vo} if vo else None
+
+
+def sh(*args, check=True, vo=None):
+    """Run a command; with ``vo``, its Slurm commands talk to that VO's cluster."""
+    env = dict(os.environ, **vo_env(vo)) if vo else None
+    return subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=check, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import ipam
+from ansible_collections.skygrid.fabric.plugins.module_utils.ipam.pool import parse_pools
 from modrun import run_module
 
 POOLS = {
@@ -44,7 +44,7 @@ def db_leases(db):
 
 def lowest_addresses(count):
     """The ``count`` lowest addresses POOLS['vmnet'] hands out, in order."""
-    pool = ipam.parse_pools(POOLS)["vmnet"]
+    pool = parse_pools(POOLS)["vmnet"]
     result, number = [], pool.first
     while len(result) < count:
         if number != pool.gateway and pool.excluded_end(number) is None:

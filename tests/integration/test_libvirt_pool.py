@@ -78,7 +78,7 @@ def test_inactive_and_errors(conn, pool_dir):
 
 
 def test_logical_pool_xml_round_trip():
-    from ansible_collections.skygrid.fabric.plugins.module_utils import pools
+    from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import pools
     spec = pools.normalise({"name": "vmscratch", "type": "logical", "source_devices": ["/dev/sdc", "/dev/sdb"]})
     assert spec["path"] == "/dev/vmscratch" and spec["source_devices"] == ["/dev/sdb", "/dev/sdc"]
     assert pools.from_xml(pools.to_xml("vmscratch", spec)) == spec

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import re
 import socket
-import subprocess
-import time
 
 import pytest
+
+from conftest import sh, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TESTBED = os.path.join(ROOT, "scripts", "torque-testbed.sh")
@@ -27,27 +27,9 @@ GROUP = PREFIX + "atlas"
 GROUP2 = PREFIX + "prd"
 
 
-def sh(*argv, check=True, stdin=None):
-    proc = subprocess.run(list(argv), input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError("%s failed (%d): %s%s" % (" ".join(argv), proc.returncode, proc.stdout, proc.stderr))
-    return proc
-
-
 def tq(command, *args, check=True, stdin=None):
     """A Torque client command of the test bed's install, as root."""
     return sh(os.path.join(BIN, command), *args, check=check, stdin=stdin)
-
-
-def wait_for(predicate, timeout, what, interval=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
 def ok(result):
@@ -107,7 +89,7 @@ def ensure_users():
 def cleanup():
     for job in our_jobs():
         tq("qdel", "-p", job, check=False)
-    wait_for(lambda: not our_jobs(), 60, "our jobs to go")
+    wait_for(lambda: not our_jobs(), 60, "our jobs to go", interval=0.5)
     for line in tq("qstat", "-Q", check=False).stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
         if name.startswith(PREFIX):

@@ -1,4 +1,4 @@
-"""Demand per VO (module_utils/demand.py) and the rebalancing plan built on it (plugins/filter/rebalance.py).
+"""Demand per VO (module_utils/planning/demand.py) and the rebalancing plan built on it (plugins/filter/rebalance.py).
 
 Slurm: squeue lines recorded live from Slurm 22.05.8 (this test bed), plus constructed lines for states that
 are hard to catch (multi-node, completing, suspended). Torque: recorded-form ``qstat -f -x`` XML from
@@ -18,7 +18,7 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.skygrid.fabric.plugins.filter.rebalance import FilterModule, plan, vm_slots
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch import get_backend
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch.base import CommandError
-from ansible_collections.skygrid.fabric.plugins.module_utils.demand import (
+from ansible_collections.skygrid.fabric.plugins.module_utils.planning.demand import (
     QSTAT_ARGV, SQUEUE_ARGV, assign, constraint_features, expand_hostlist, parse_qstat_xml, parse_squeue, read_demand,
     summarise, vo_mapping)
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError

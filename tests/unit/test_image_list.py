@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import image_list
+from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from integration import imagelist_fixtures as fx
 

@@ -13,8 +13,8 @@ import subprocess
 
 import pytest
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import image_staging as st
-from ansible_collections.skygrid.fabric.plugins.module_utils import vm_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.images import download, formats, names, pool_store, staging
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from integration import imagelist_fixtures as fx
 
@@ -30,57 +30,57 @@ needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qe
     ("a", "b+c", "1", "a-b+c-1.qcow2"),
 ])
 def test_volume_name(vo, image_id, version, expected):
-    assert st.volume_name(vo, image_id, version) == expected
+    assert names.volume_name(vo, image_id, version) == expected
 
 
 @pytest.mark.parametrize("image_id", ["../../etc/passwd", "a/b", ".hidden", "..", "a..b", "", None, "x" * 129,
                                       "img\x00", "img\n", "-lead", "trail-", "sp ace", "\u00e9t\u00e9", "/abs"])
 def test_volume_name_refuses_anything_that_could_escape_the_pool(image_id):
     with pytest.raises(FabricError) as err:
-        st.volume_name("atlas", image_id, "1", field="images[3].image")
+        names.volume_name("atlas", image_id, "1", field="images[3].image")
     assert err.value.field == "images[3].image" and "could escape the pool directory" in str(err.value)
 
 
 def test_volume_name_checks_vo_and_version_too():
     with pytest.raises(FabricError) as err:
-        st.volume_name("../vo", "img", "1")
+        names.volume_name("../vo", "img", "1")
     assert err.value.field == "vo"
     with pytest.raises(FabricError, match="image version"):
-        st.volume_name("vo", "img", "1/../../x")
+        names.volume_name("vo", "img", "1/../../x")
 
 
 @pytest.mark.parametrize("title", ["CernVM 4.8 (x86_64)", "SL6/x86_64 worker", "v1..2 beta", None])
 def test_check_title_accepts_ordinary_titles(title):
-    st.check_title(title)
+    names.check_title(title)
 
 
 @pytest.mark.parametrize("title", ["../../etc/shadow", "/etc/shadow", "a/../b", "..", "line\nbreak", "bell\x07",
                                    "back\\slash"])
 def test_check_title_refuses_path_like_titles(title):
     with pytest.raises(FabricError, match="looks like a file path"):
-        st.check_title(title, field="image")
+        names.check_title(title, field="image")
 
 
 def test_trust_classes():
-    st.check_trust_class(1, False)
-    st.check_trust_class(2, False)
-    st.check_trust_class(3, True)
+    names.check_trust_class(1, False)
+    names.check_trust_class(2, False)
+    names.check_trust_class(3, True)
     with pytest.raises(FabricError, match="fabric_allow_user_images: true") as err:
-        st.check_trust_class(3, False)
+        names.check_trust_class(3, False)
     assert err.value.field == "trust_class"
     with pytest.raises(FabricError, match="must be 1"):
-        st.check_trust_class(4, True)
+        names.check_trust_class(4, True)
 
 
 def test_sha512_and_format_normalisation():
-    assert st.normalise_sha512(" " + "AB" * 64 + "\n", "sha512") == "ab" * 64
+    assert names.normalise_sha512(" " + "AB" * 64 + "\n", "sha512") == "ab" * 64
     with pytest.raises(FabricError, match="128 hexadecimal digits") as err:
-        st.normalise_sha512("abc", "images[0].sha512")
+        names.normalise_sha512("abc", "images[0].sha512")
     assert err.value.field == "images[0].sha512"
-    assert st.normalise_format("QCOW2", "f") == "qcow2" and st.normalise_format("img", "f") == "raw"
-    assert st.normalise_format(None, "f") is None
+    assert names.normalise_format("QCOW2", "f") == "qcow2" and names.normalise_format("img", "f") == "raw"
+    assert names.normalise_format(None, "f") is None
     with pytest.raises(FabricError, match="only qcow2 and raw"):
-        st.normalise_format("vmdk", "format")
+        names.normalise_format("vmdk", "format")
 
 
 # ---------------------------------------------------------------- download
@@ -103,7 +103,7 @@ def server():
 def test_download_from_file_url(payload, tmp_path):
     path, data, sha = payload
     partial = str(tmp_path / "x.part")
-    assert st.download("file://" + path, partial, len(data), sha, chunk=4096) == {"bytes": len(data), "resumed_from": 0}
+    assert download.download("file://" + path, partial, len(data), sha, chunk=4096) == {"bytes": len(data), "resumed_from": 0}
     assert open(partial, "rb").read() == data
 
 
@@ -113,7 +113,7 @@ def test_download_resumes_a_partial_file_with_a_range_request(payload, tmp_path,
     partial = str(tmp_path / "x.part")
     with open(partial, "wb") as handle:
         handle.write(data[:70000])
-    assert st.download(url, partial, len(data), sha, chunk=8192)["resumed_from"] == 70000
+    assert download.download(url, partial, len(data), sha, chunk=8192)["resumed_from"] == 70000
     assert server.requests[-1]["range"] == "bytes=70000-"
     assert open(partial, "rb").read() == data
 
@@ -123,12 +123,12 @@ def test_download_cut_off_keeps_the_partial_file_then_resumes(payload, tmp_path,
     url = server.add("image", path, mode="cut")
     partial = str(tmp_path / "x.part")
     with pytest.raises(FabricError, match="interrupted at|stopped at") as err:
-        st.download(url, partial, len(data), sha, field="images[0].image", chunk=8192)
+        download.download(url, partial, len(data), sha, field="images[0].image", chunk=8192)
     assert err.value.field == "images[0].image" and "next run resumes it" in str(err.value)
     kept = os.path.getsize(partial)
     assert 0 < kept <= len(data) // 2
     server.set_mode("image", "normal")
-    assert st.download(url, partial, len(data), sha, chunk=8192)["resumed_from"] == kept
+    assert download.download(url, partial, len(data), sha, chunk=8192)["resumed_from"] == kept
     assert server.requests[-1]["range"] == "bytes=%d-" % kept
     assert open(partial, "rb").read() == data
 
@@ -139,7 +139,7 @@ def test_download_restarts_when_the_server_ignores_range(payload, tmp_path, serv
     partial = str(tmp_path / "x.part")
     with open(partial, "wb") as handle:
         handle.write(b"garbage that a restart must not keep")
-    assert st.download(url, partial, len(data), sha)["resumed_from"] == 0
+    assert download.download(url, partial, len(data), sha)["resumed_from"] == 0
     assert open(partial, "rb").read() == data
 
 
@@ -148,14 +148,14 @@ def test_download_refuses_more_than_declared(payload, tmp_path, server):
     partial = str(tmp_path / "x.part")
     url = server.add("image", path)
     with pytest.raises(FabricError, match="larger than the 1000 bytes its list declares"):
-        st.download(url, partial, 1000, sha)  # refused from Content-Length, before reading any data
+        download.download(url, partial, 1000, sha)  # refused from Content-Length, before reading any data
     assert not os.path.exists(partial)
     server.set_mode("image", "nolength")  # no Content-Length: the cap is enforced while streaming
     with pytest.raises(FabricError, match="sends more than the 1000 bytes"):
-        st.download(url, partial, 1000, sha, chunk=512)
+        download.download(url, partial, 1000, sha, chunk=512)
     assert not os.path.exists(partial)
     with pytest.raises(FabricError, match="larger than the 1000 bytes"):
-        st.download("file://" + path, partial, 1000, sha)
+        download.download("file://" + path, partial, 1000, sha)
     assert not os.path.exists(partial)
 
 
@@ -163,11 +163,11 @@ def test_download_refuses_fewer_bytes_than_declared(payload, tmp_path, server):
     path, data, sha = payload
     partial = str(tmp_path / "x.part")
     with pytest.raises(FabricError, match="fewer than the"):
-        st.download("file://" + path, partial, len(data) + 10, sha)
+        download.download("file://" + path, partial, len(data) + 10, sha)
     assert not os.path.exists(partial)
     url = server.add("image", path, mode="nolength")
     with pytest.raises(FabricError, match="fewer than the"):
-        st.download(url, partial, len(data) + 10, sha)
+        download.download(url, partial, len(data) + 10, sha)
     assert not os.path.exists(partial)
 
 
@@ -176,18 +176,18 @@ def test_download_refuses_a_wrong_sha512_and_deletes_the_partial_file(payload, t
     partial = str(tmp_path / "x.part")
     url = server.add("image", path)
     with pytest.raises(FabricError, match="altered or damaged"):
-        st.download(url, partial, len(data), "00" * 64)
+        download.download(url, partial, len(data), "00" * 64)
     assert not os.path.exists(partial)
     with open(partial, "wb") as handle:  # a complete but wrong partial file is not trusted either
         handle.write(b"y" * len(data))
     with pytest.raises(FabricError, match="altered or damaged"):
-        st.download(url, partial, len(data), sha)
+        download.download(url, partial, len(data), sha)
     assert not os.path.exists(partial)
 
 
 def test_download_reports_a_refused_connection(tmp_path):
     with pytest.raises(FabricError, match="fetching http://127.0.0.1:9/x failed") as err:
-        st.download("http://127.0.0.1:9/x", str(tmp_path / "x.part"), 10, "00" * 64, field="image")
+        download.download("http://127.0.0.1:9/x", str(tmp_path / "x.part"), 10, "00" * 64, field="image")
     assert err.value.field == "image"
 
 
@@ -197,7 +197,7 @@ class _BrokenFile:
 
 
 def test_sink_hands_the_writer_error_to_the_reader():
-    sink = st._Sink(_BrokenFile(), hashlib.sha512(), 16, depth=2)
+    sink = download._Sink(_BrokenFile(), hashlib.sha512(), 16, depth=2)
     buf = sink.take()
     sink.put(buf, 4)
     with pytest.raises(OSError):
@@ -217,8 +217,8 @@ def qemu_img(*args):
 def test_inspect_accepts_qcow2_and_raw(tmp_path):
     qcow = fx.qcow2_image(str(tmp_path / "a.qcow2"), 1 << 20)
     raw = fx.random_file(str(tmp_path / "a.raw"), 1 << 20)
-    assert st.inspect(qcow, "qcow2", "u")["format"] == "qcow2"
-    assert st.inspect(raw, None, "u") == {"format": "raw", "virtual_size": 1 << 20}
+    assert formats.inspect(qcow, "qcow2", "u")["format"] == "qcow2"
+    assert formats.inspect(raw, None, "u") == {"format": "raw", "virtual_size": 1 << 20}
 
 
 @needs_qemu_img
@@ -226,7 +226,7 @@ def test_inspect_refuses_a_backing_file(tmp_path):
     image = str(tmp_path / "evil.qcow2")
     qemu_img("create", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", image, "1M")
     with pytest.raises(FabricError, match="names a backing file \\(/etc/hostname\\)") as err:
-        st.inspect(image, "qcow2", "http://x/evil", field="image")
+        formats.inspect(image, "qcow2", "http://x/evil", field="image")
     assert err.value.field == "image"
 
 
@@ -235,7 +235,7 @@ def test_inspect_refuses_an_external_data_file(tmp_path):
     image, data = str(tmp_path / "evil.qcow2"), str(tmp_path / "host-file")
     qemu_img("create", "-f", "qcow2", "-o", "data_file=%s" % data, image, "1M")
     with pytest.raises(FabricError, match="external data file"):
-        st.inspect(image, None, "u")
+        formats.inspect(image, None, "u")
 
 
 @needs_qemu_img
@@ -243,23 +243,23 @@ def test_inspect_refuses_other_formats_and_mismatches(tmp_path):
     vmdk = str(tmp_path / "a.vmdk")
     qemu_img("create", "-f", "vmdk", vmdk, "1M")
     with pytest.raises(FabricError, match="in vmdk format"):
-        st.inspect(vmdk, None, "u")
+        formats.inspect(vmdk, None, "u")
     qcow = fx.qcow2_image(str(tmp_path / "a.qcow2"), 65536)
     with pytest.raises(FabricError, match="is qcow2 but its list declares raw"):
-        st.inspect(qcow, "raw", "u")
+        formats.inspect(qcow, "raw", "u")
     raw = fx.random_file(str(tmp_path / "a.raw"), 65536)
     with pytest.raises(FabricError, match="is raw but its list declares qcow2"):
-        st.inspect(raw, "qcow2", "u")
+        formats.inspect(raw, "qcow2", "u")
     with pytest.raises(FabricError, match="qemu-img cannot read"):
-        st.inspect(str(tmp_path / "missing"), None, "u")
+        formats.inspect(str(tmp_path / "missing"), None, "u")
 
 
 @needs_qemu_img
 def test_convert_to_qcow2_keeps_the_content(tmp_path):
     raw = fx.random_file(str(tmp_path / "a.raw"), 1 << 20)
     out = str(tmp_path / "a.qcow2")
-    st.convert_to_qcow2(raw, out, "u")
-    assert st.inspect(out, "qcow2", "u")["format"] == "qcow2"
+    formats.convert_to_qcow2(raw, out, "u")
+    assert formats.inspect(out, "qcow2", "u")["format"] == "qcow2"
     subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", raw, out], check=True, stdout=subprocess.DEVNULL)
 
 
@@ -279,8 +279,8 @@ class FakePool:
 def test_pool_store_layout_and_records(tmp_path, monkeypatch):
     locks = tmp_path / "locks"
     locks.mkdir()
-    monkeypatch.setattr(st, "LOCK_DIRS", (str(locks),))
-    store = st.PoolStore(FakePool(str(tmp_path)))
+    monkeypatch.setattr(pool_store, "LOCK_DIRS", (str(locks),))
+    store = pool_store.PoolStore(FakePool(str(tmp_path)))
     assert store.records() == [] and store.partials("v.qcow2") == []  # nothing is created by reading
     assert not os.path.exists(store.state_dir)
     store.ensure_dirs()
@@ -308,14 +308,14 @@ def test_pool_store_layout_and_records(tmp_path, monkeypatch):
 
 def test_pool_store_refuses_block_pools_and_missing_directories(tmp_path):
     with pytest.raises(FabricError, match="of type logical") as err:
-        st.PoolStore(FakePool(str(tmp_path), kind="logical"))
+        pool_store.PoolStore(FakePool(str(tmp_path), kind="logical"))
     assert err.value.field == "pool"
     with pytest.raises(FabricError, match="does not exist on this host"):
-        st.PoolStore(FakePool(str(tmp_path / "missing")))
+        pool_store.PoolStore(FakePool(str(tmp_path / "missing")))
 
 
 def test_lock_path_is_safe_for_any_pool_name():
-    assert os.path.basename(st.lock_path("../../etc/x y")) == "skygrid-vo-image-.._.._etc_x_y.lock"
+    assert os.path.basename(pool_store.lock_path("../../etc/x y")) == "skygrid-vo-image-.._.._etc_x_y.lock"
 
 
 # ---------------------------------------------------------------- who uses a volume
@@ -326,33 +326,33 @@ def domain_xml(**disk):
 
 
 def test_domain_uses_base_volumes_and_attached_volumes():
-    assert st._domain_uses(domain_xml(pool="images", base_volume="atlas-a-1.qcow2"), "images", "atlas-a-1.qcow2", "/p/a")
-    assert not st._domain_uses(domain_xml(pool="other", base_volume="atlas-a-1.qcow2"), "images", "atlas-a-1.qcow2",
-                               "/p/a")
-    assert not st._domain_uses(domain_xml(pool="images", base_volume="atlas-b-1.qcow2"), "images", "atlas-a-1.qcow2",
-                               "/p/a")
-    assert st._domain_uses(domain_xml(pool="images", volume="atlas-a-1.qcow2"), "images", "atlas-a-1.qcow2", "/p/a")
+    assert staging._domain_uses(domain_xml(pool="images", base_volume="atlas-a-1.qcow2"), "images", "atlas-a-1.qcow2", "/p/a")
+    assert not staging._domain_uses(domain_xml(pool="other", base_volume="atlas-a-1.qcow2"), "images", "atlas-a-1.qcow2",
+                                    "/p/a")
+    assert not staging._domain_uses(domain_xml(pool="images", base_volume="atlas-b-1.qcow2"), "images", "atlas-a-1.qcow2",
+                                    "/p/a")
+    assert staging._domain_uses(domain_xml(pool="images", volume="atlas-a-1.qcow2"), "images", "atlas-a-1.qcow2", "/p/a")
 
 
 def test_domain_uses_falls_back_to_text_for_foreign_domains():
     foreign = "<domain><devices><disk><source file='/pool/atlas-a-1.qcow2'/></disk></devices></domain>"
-    assert st._domain_uses(foreign, "images", "atlas-a-1.qcow2", "/pool/atlas-a-1.qcow2")
-    assert not st._domain_uses(foreign, "images", "atlas-b-1.qcow2", "/pool/atlas-b-1.qcow2")
+    assert staging._domain_uses(foreign, "images", "atlas-a-1.qcow2", "/pool/atlas-a-1.qcow2")
+    assert not staging._domain_uses(foreign, "images", "atlas-b-1.qcow2", "/pool/atlas-b-1.qcow2")
 
 
 def test_writeback_is_started_early_for_qcow2_downloads_only(tmp_path, monkeypatch):
     """A qcow2 is published as downloaded: its pages go to disk while it arrives. A raw download is
     converted and deleted, so it is not written back early."""
     calls = []
-    monkeypatch.setattr(st, "WRITEBACK_WINDOW", 65536)
-    monkeypatch.setattr(st, "start_writeback", lambda fd, offset, length: calls.append((offset, length)))
-    for name, head in (("q", st.QCOW2_MAGIC), ("r", b"\0\0\0\0")):
+    monkeypatch.setattr(download, "WRITEBACK_WINDOW", 65536)
+    monkeypatch.setattr(download, "start_writeback", lambda fd, offset, length: calls.append((offset, length)))
+    for name, head in (("q", download.QCOW2_MAGIC), ("r", b"\0\0\0\0")):
         data = head + os.urandom(300000)
         source = tmp_path / name
         source.write_bytes(data)
         del calls[:]
-        st.download("file://%s" % source, str(tmp_path / (name + ".part")), len(data),
-                    hashlib.sha512(data).hexdigest(), chunk=32768)
+        download.download("file://%s" % source, str(tmp_path / (name + ".part")), len(data),
+                          hashlib.sha512(data).hexdigest(), chunk=32768)
         if name == "q":
             assert calls and calls[0][0] == 0 and all(length >= 65536 for _offset, length in calls)
             assert all(calls[index + 1][0] == offset + length for index, (offset, length) in enumerate(calls[:-1]))
@@ -365,6 +365,6 @@ def test_start_writeback_is_harmless(tmp_path):
     path.write_bytes(b"x" * 8192)
     fd = os.open(str(path), os.O_RDONLY)
     try:
-        st.start_writeback(fd, 0, 8192)
+        download.start_writeback(fd, 0, 8192)
     finally:
         os.close(fd)

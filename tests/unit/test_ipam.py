@@ -1,4 +1,4 @@
-"""Unit tests of module_utils/ipam.py: pools, allocation, MACs, the SQLite store and exports."""
+"""Unit tests of module_utils/ipam/ (pool.py, store.py, transaction.py, exports.py): pools, allocation, MACs, the SQLite store and exports."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import time
 
 import pytest
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import ipam
+from ansible_collections.skygrid.fabric.plugins.module_utils.ipam import transaction
+from ansible_collections.skygrid.fabric.plugins.module_utils.files import write_atomic
+from ansible_collections.skygrid.fabric.plugins.module_utils.ipam.pool import Pool, build_requests, check_owner, derive_mac, ipkey, parse_pools
+from ansible_collections.skygrid.fabric.plugins.module_utils.ipam.store import APPLICATION_ID
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from ansible_collections.skygrid.fabric.plugins.module_utils.reconcile import Reconciler
 
@@ -27,8 +30,8 @@ def db(tmp_path):
 
 def call(db, pools, owner=None, state="present", leases=None, pool="vmnet", check=False, export=None, timeout=5):
     reconciler = Reconciler(check_mode=check)
-    requests = ipam.build_requests(pool, owner, state, leases)
-    report = ipam.run(db, pools, requests, reconciler, export=export, pool=pool, timeout=timeout)
+    requests = build_requests(pool, owner, state, leases)
+    report = transaction.run(db, pools, requests, reconciler, export=export, pool=pool, timeout=timeout)
     return report, reconciler
 
 
@@ -70,15 +73,15 @@ def raises(field, *fragments):
 
 
 def test_ipv4_pool_excludes_network_broadcast_and_gateway():
-    pool = ipam.Pool("vmnet", {"cidr": "10.20.0.0/29", "gateway": "10.20.0.1"})
+    pool = Pool("vmnet", {"cidr": "10.20.0.0/29", "gateway": "10.20.0.1"})
     assert pool.range_text() == "10.20.0.1-10.20.0.6"
     assert pool.size == 5  # .1-.6 less the gateway
 
 
 def test_small_ipv4_subnets():
-    assert ipam.Pool("p", {"cidr": "10.0.0.0/30"}).size == 2
-    assert ipam.Pool("p", {"cidr": "10.0.0.0/31"}).size == 2  # RFC 3021 point-to-point: both usable
-    assert ipam.Pool("p", {"cidr": "10.0.0.7/32"}).size == 1
+    assert Pool("p", {"cidr": "10.0.0.0/30"}).size == 2
+    assert Pool("p", {"cidr": "10.0.0.0/31"}).size == 2  # RFC 3021 point-to-point: both usable
+    assert Pool("p", {"cidr": "10.0.0.7/32"}).size == 1
 
 
 @pytest.mark.parametrize("cidr,fragment", [
@@ -92,14 +95,14 @@ def test_small_ipv4_subnets():
 ])
 def test_bad_cidr_names_the_field(cidr, fragment):
     with raises("pools.vmnet.cidr", fragment):
-        ipam.parse_pools({"vmnet": {"cidr": cidr}})
+        parse_pools({"vmnet": {"cidr": cidr}})
 
 
 def test_missing_cidr_and_unknown_key():
     with raises("pools.vmnet.cidr", "needs 'cidr'"):
-        ipam.parse_pools({"vmnet": {"gateway": "10.0.0.1"}})
+        parse_pools({"vmnet": {"gateway": "10.0.0.1"}})
     with raises("pools.vmnet", "unknown key(s) gatway"):
-        ipam.parse_pools({"vmnet": {"cidr": "10.0.0.0/24", "gatway": "10.0.0.1"}})
+        parse_pools({"vmnet": {"cidr": "10.0.0.0/24", "gatway": "10.0.0.1"}})
 
 
 @pytest.mark.parametrize("definition,field,fragment", [
@@ -120,7 +123,7 @@ def test_missing_cidr_and_unknown_key():
 ])
 def test_bad_pool_definitions(definition, field, fragment):
     with raises(field, fragment):
-        ipam.parse_pools({"vmnet": dict({"cidr": "10.20.0.0/24"}, **definition)})
+        parse_pools({"vmnet": dict({"cidr": "10.20.0.0/24"}, **definition)})
 
 
 @pytest.mark.parametrize("prefix,fragment", [
@@ -133,23 +136,23 @@ def test_bad_pool_definitions(definition, field, fragment):
 ])
 def test_mac_prefix_must_be_locally_administered_unicast(prefix, fragment):
     with raises("pools.vmnet.mac_prefix", fragment):
-        ipam.parse_pools({"vmnet": {"cidr": "10.20.0.0/24", "mac_prefix": prefix}})
+        parse_pools({"vmnet": {"cidr": "10.20.0.0/24", "mac_prefix": prefix}})
 
 
 def test_mac_prefix_default_and_normalisation():
-    assert ipam.Pool("p", {"cidr": "10.0.0.0/24"}).mac_prefix == "52:54:00"
-    assert ipam.Pool("p", {"cidr": "10.0.0.0/24", "mac_prefix": "0A-BC"}).mac_prefix == "0a:bc"
+    assert Pool("p", {"cidr": "10.0.0.0/24"}).mac_prefix == "52:54:00"
+    assert Pool("p", {"cidr": "10.0.0.0/24", "mac_prefix": "0A-BC"}).mac_prefix == "0a:bc"
     assert int("52", 16) & 0x02 and not int("52", 16) & 0x01  # the default really is local + unicast
 
 
 def test_ipv6_pool_is_bounded():
-    pool = ipam.Pool("v6", {"cidr": "fd00:20::/64", "gateway": "fd00:20::1"})
+    pool = Pool("v6", {"cidr": "fd00:20::/64", "gateway": "fd00:20::1"})
     assert pool.range_text() == "fd00:20::1-fd00:20::ffff"
     assert pool.size == 0xFFFF - 1
-    wide = ipam.Pool("v6", {"cidr": "fd00:20::/64", "range": {"start": "fd00:20::1:0", "end": "fd00:20::ffff:ffff"}})
+    wide = Pool("v6", {"cidr": "fd00:20::/64", "range": {"start": "fd00:20::1:0", "end": "fd00:20::ffff:ffff"}})
     assert wide.size == 0xFFFF0000
     with raises("pools.v6.range.start", "subnet-router anycast"):
-        ipam.Pool("v6", {"cidr": "fd00:20::/64", "range": {"start": "fd00:20::", "end": "fd00:20::9"}})
+        Pool("v6", {"cidr": "fd00:20::/64", "range": {"start": "fd00:20::", "end": "fd00:20::9"}})
 
 
 # ---------------------------------------------------------------------------------------- owners
@@ -163,8 +166,8 @@ def test_owner_must_be_a_host_name(db, owner):
 
 
 def test_owner_valid_forms_and_case(db):
-    assert ipam.check_owner("a" * 63) == "a" * 63
-    assert ipam.check_owner("0wn") == "0wn"
+    assert check_owner("a" * 63) == "a" * 63
+    assert check_owner("0wn") == "0wn"
     report, _rec = call(db, {"vmnet": NET}, "WN042-Atlas-1")
     assert report["leases"][0]["owner"] == "wn042-atlas-1"
     again, reconciler = call(db, {"vmnet": NET}, "wn042-atlas-1")
@@ -209,7 +212,7 @@ def test_full_pool_in_a_list_rolls_everything_back(db):
     call(db, pools, leases=owners("wn", 2))
     reconciler = Reconciler()
     with raises("pools.vmnet", "is full", "5 addresses", "2 in use", "asked for 4 more", "nothing was changed"):
-        ipam.run(db, pools, ipam.build_requests("vmnet", leases=owners("wn", 6)), reconciler)
+        transaction.run(db, pools, build_requests("vmnet", leases=owners("wn", 6)), reconciler)
     assert not reconciler.changed and reconciler.actions == []
     assert len(rows(db)) == 2
 
@@ -217,7 +220,7 @@ def test_full_pool_in_a_list_rolls_everything_back(db):
 def test_reserved_addresses_are_never_handed_out(db):
     pools = {"vmnet": {"cidr": "10.20.0.0/27", "gateway": "10.20.0.1",
                        "reserved": ["10.20.0.2", "10.20.0.4-10.20.0.7", "10.20.0.16/30", "10.20.0.30"]}}
-    pool = ipam.parse_pools(pools)["vmnet"]
+    pool = parse_pools(pools)["vmnet"]
     assert pool.size == 30 - 1 - 1 - 4 - 4 - 1
     report, _rec = call(db, pools, leases=owners("wn", pool.size))
     handed = [lease["ip"] for lease in report["leases"]]
@@ -227,7 +230,7 @@ def test_reserved_addresses_are_never_handed_out(db):
 
 
 def test_reserved_may_name_network_and_broadcast():
-    pool = ipam.Pool("p", {"cidr": "10.20.0.0/24", "reserved": ["10.20.0.0-10.20.0.9", "10.20.0.255"]})
+    pool = Pool("p", {"cidr": "10.20.0.0/24", "reserved": ["10.20.0.0-10.20.0.9", "10.20.0.255"]})
     assert pool.size == 254 - 9
 
 
@@ -241,7 +244,7 @@ def test_lease_fields_and_fqdn(db):
     report, reconciler = call(db, {"vmnet": NET}, "wn1")
     lease = report["leases"][0]
     assert lease == {"pool": "vmnet", "owner": "wn1", "state": "present", "ip": "10.20.0.2",
-                     "mac": ipam.derive_mac("52:54:00", "vmnet", "wn1"), "fqdn": "wn1.vm.example.org",
+                     "mac": derive_mac("52:54:00", "vmnet", "wn1"), "fqdn": "wn1.vm.example.org",
                      "prefix": 24, "gateway": "10.20.0.1", "changed": True}
     assert reconciler.actions[-1] == "allocate 10.20.0.2 %s to wn1 in pool vmnet" % lease["mac"]
     assert reconciler.diff()["after"]["vmnet/wn1"]["ip"] == "10.20.0.2"
@@ -309,7 +312,7 @@ def test_ipv6_allocation_and_exhaustion(db):
 
 def test_ipv6_default_range_upper_end():
     pools = {"v6": {"cidr": "fd00:20::/120"}}  # smaller than the default bound: the subnet's end
-    pool = ipam.parse_pools(pools)["v6"]
+    pool = parse_pools(pools)["v6"]
     assert pool.range_text() == "fd00:20::1-fd00:20::ff"
 
 
@@ -334,7 +337,7 @@ def test_allocation_matches_a_brute_force_model(db):
     possible model: each new lease takes the lowest allocatable address not in use."""
     import random
     pools = {"vmnet": {"cidr": "10.20.0.0/26", "gateway": "10.20.0.1", "reserved": ["10.20.0.5-10.20.0.8", "10.20.0.33"]}}
-    pool = ipam.parse_pools(pools)["vmnet"]
+    pool = parse_pools(pools)["vmnet"]
     allocatable = [n for n in range(pool.first, pool.last + 1) if pool.excluded_end(n) is None]
     rng = random.Random(20260524)
     model, names = {}, ["vm%d" % i for i in range(70)]
@@ -378,11 +381,11 @@ def test_hint_is_only_a_shortcut(db):
     assert call(db, {"vmnet": NET}, "x1")[0]["leases"][0]["ip"] == "10.20.0.7"
     # A hint that claims more than is true is caught by the unique constraint at worst; one made for
     # another definition is ignored.
-    conn.execute("UPDATE hints SET fingerprint = 'other', next = ?", (ipam.ipkey(int(ipaddress.ip_address("10.20.0.200"))),))
+    conn.execute("UPDATE hints SET fingerprint = 'other', next = ?", (ipkey(int(ipaddress.ip_address("10.20.0.200"))),))
     conn.commit()
     conn.close()
     assert call(db, {"vmnet": NET}, "x2")[0]["leases"][0]["ip"] == "10.20.0.3"
-    assert fingerprint == ipam.parse_pools({"vmnet": NET})["vmnet"].fingerprint()
+    assert fingerprint == parse_pools({"vmnet": NET})["vmnet"].fingerprint()
 
 
 # ---------------------------------------------------------------------------------------- MACs
@@ -394,22 +397,22 @@ def test_mac_is_deterministic(tmp_path):
     second, _rec = call(two, {"vmnet": NET}, leases=owners("wn", 20))
     assert first["leases"] == second["leases"]
     for lease in first["leases"]:
-        assert lease["mac"] == ipam.derive_mac("52:54:00", "vmnet", lease["owner"])
-    assert ipam.derive_mac("52:54:00", "other", "wn1") != ipam.derive_mac("52:54:00", "vmnet", "wn1")
-    mac = ipam.derive_mac("02:aa:bb:cc", "vmnet", "wn1")
+        assert lease["mac"] == derive_mac("52:54:00", "vmnet", lease["owner"])
+    assert derive_mac("52:54:00", "other", "wn1") != derive_mac("52:54:00", "vmnet", "wn1")
+    mac = derive_mac("02:aa:bb:cc", "vmnet", "wn1")
     assert mac.startswith("02:aa:bb:cc:") and len(mac.split(":")) == 6
 
 
 def test_mac_collision_takes_the_next_candidate(db):
     call(db, {"vmnet": NET}, "seed")
-    taken = ipam.derive_mac("52:54:00", "vmnet", "wn1")
+    taken = derive_mac("52:54:00", "vmnet", "wn1")
     conn = sqlite3.connect(db)
     conn.execute("INSERT INTO leases (pool, owner, ip, ipkey, mac, created) "
                  "VALUES ('elsewhere', 'x', '10.9.9.9', '0000000000000000000000000a090909', ?, 0)", (taken,))
     conn.commit()
     conn.close()
     report, _rec = call(db, {"vmnet": NET}, "wn1")
-    assert report["leases"][0]["mac"] == ipam.derive_mac("52:54:00", "vmnet", "wn1", 1) != taken
+    assert report["leases"][0]["mac"] == derive_mac("52:54:00", "vmnet", "wn1", 1) != taken
 
 
 def test_small_mac_space_is_filled_then_reported(db):
@@ -508,7 +511,7 @@ def test_usage_counts_leases_in_reserved_and_other_versions_as_not_fitting(db):
     call(db, {"vmnet": NET}, leases=owners("wn", 6))  # .2-.7
     conn = sqlite3.connect(db)
     conn.execute("INSERT INTO leases (pool, owner, ip, ipkey, mac, created) VALUES "
-                 "('vmnet', 'six', '::a14:9', ?, '52:54:00:00:00:99', 0)", (ipam.ipkey(0x0A140009),))
+                 "('vmnet', 'six', '::a14:9', ?, '52:54:00:00:00:99', 0)", (ipkey(0x0A140009),))
     conn.commit()
     conn.close()
     pools = {"vmnet": dict(NET, reserved=["10.20.0.3", "10.20.0.5-10.20.0.6"])}
@@ -528,14 +531,14 @@ def test_database_is_wal_with_unique_constraints(db):
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA application_id").fetchone()[0] == ipam.APPLICATION_ID
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         ip, mac = conn.execute("SELECT ip, mac FROM leases").fetchone()
         for values in [("vmnet", "other", ip, "52:54:00:00:00:01"),    # same IP
                        ("vmnet", "other", "10.20.0.99", mac),          # same MAC
                        ("vmnet", "wn1", "10.20.0.99", "52:54:00:00:00:01")]:  # same owner
             with pytest.raises(sqlite3.IntegrityError):
                 conn.execute("INSERT INTO leases (pool, owner, ip, ipkey, mac, created) VALUES (?, ?, ?, ?, ?, 0)",
-                             values[:3] + (ipam.ipkey(int(ipaddress.ip_address(values[2]))),) + values[3:])
+                             values[:3] + (ipkey(int(ipaddress.ip_address(values[2]))),) + values[3:])
     finally:
         conn.close()
 
@@ -697,7 +700,7 @@ def test_dnsmasq_export(db, tmp_path):
                               pool=None)
 
     def mac(pool, owner):
-        return ipam.derive_mac("52:54:00", pool, owner)
+        return derive_mac("52:54:00", pool, owner)
     with open(path) as handle:
         lines = handle.read().splitlines()
     assert lines[0].startswith("# Generated by skygrid.fabric.ip_lease from pool(s) vmnet, v6")
@@ -755,7 +758,7 @@ def test_export_in_check_mode_writes_nothing(db, tmp_path):
 def test_libvirt_reservations(db):
     pools = _export_setup(db)
     report, reconciler = call(db, pools, export={"format": "libvirt"})
-    assert report["reservations"] == [{"mac": ipam.derive_mac("52:54:00", "vmnet", "wn%d" % i),
+    assert report["reservations"] == [{"mac": derive_mac("52:54:00", "vmnet", "wn%d" % i),
                                        "ip": "10.20.0.%d" % (i + 2), "name": "wn%d" % i} for i in range(3)]
     assert not reconciler.changed
 
@@ -782,8 +785,8 @@ def test_bad_exports(db, export, field, fragment):
 
 def test_write_atomic_replaces_whole_file(tmp_path):
     path = str(tmp_path / "f")
-    ipam.write_atomic(path, "old\n")
-    ipam.write_atomic(path, "new\n")
+    write_atomic(path, "old\n")
+    write_atomic(path, "new\n")
     with open(path) as handle:
         assert handle.read() == "new\n"
     assert os.listdir(str(tmp_path)) == ["f"]

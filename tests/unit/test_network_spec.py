@@ -2,7 +2,7 @@
 
 import pytest
 
-from ansible_collections.skygrid.fabric.plugins.module_utils import network_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import network_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 
 

@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.rebalance import apply_moves, plan_moves
+from ansible_collections.skygrid.fabric.plugins.module_utils.planning.rebalance import apply_moves, plan_moves
 
 VOS = {"atlas": {"share": 50, "min_slots": 1}, "lhcb": {"share": 50, "min_slots": 1}}
 

@@ -3,7 +3,7 @@
 import pytest
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.slots import plan_slots
+from ansible_collections.skygrid.fabric.plugins.module_utils.planning.slots import batch_node_items, batch_nodes, plan_slots
 
 VOS = {"atlas": {"share": 60, "vm": {"vcpus": 2, "memory_mb": 4096}},
        "lhcb": {"share": 40, "vm": {"vcpus": 1, "memory_mb": 2048}}}
@@ -60,10 +60,20 @@ def test_errors(vos, field):
 
 
 def test_ip_pool_size():
-    from ansible_collections.skygrid.fabric.plugins.module_utils.slots import ip_pool_size
+    from ansible_collections.skygrid.fabric.plugins.module_utils.planning.slots import ip_pool_size
     assert ip_pool_size({"cidr": "10.0.0.0/24"}) == 254
     assert ip_pool_size({"cidr": "10.0.0.0/24", "gateway": "10.0.0.1", "reserved": ["10.0.0.2", "10.0.1.9"]}) == 252
     assert ip_pool_size({"cidr": "10.0.0.0/22", "range": {"start": "10.0.0.10", "end": "10.0.0.19"},
                          "gateway": "10.0.0.1"}) == 10
     with pytest.raises(FabricError):
         ip_pool_size({"cidr": "nonsense"})
+
+
+def test_batch_node_items_keep_what_batch_node_takes():
+    plan = plan_slots("wn1", 10, 64000, VOS)
+    nodes = batch_nodes(plan, VOS, {plan[0]["name"]: {"ip": "10.20.0.17"}})
+    slurm = batch_node_items(nodes, "slurm")
+    assert slurm[0] == {"name": plan[0]["name"], "cores": 2, "properties": ["atlas", "vm"], "address": "10.20.0.17"}
+    assert all(set(item) <= {"name", "cores", "properties", "address"} for item in slurm)
+    torque = batch_node_items(nodes, "torque")
+    assert torque[0]["memory_mb"] == 4096 and len(torque) == len(plan)

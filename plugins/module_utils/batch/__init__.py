@@ -7,11 +7,18 @@ tested against a command double or a recorded transcript as well as a live syste
 
 from __future__ import annotations
 
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch.runner import AnsibleRunner
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch.slurm import SlurmBackend
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch.torque import TorqueBackend
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 
 BACKENDS = {"torque": TorqueBackend, "slurm": SlurmBackend}
+# The options every batch module takes (batch_node, batch_queue, vo_demand); documented once in
+# plugins/doc_fragments/batch.py.
+BATCH_OPTIONS = dict(
+    backend=dict(type="str", required=True, choices=list(BACKENDS)),
+    bin_dir=dict(type="path"),
+)
 
 
 def get_backend(name, runner, **options):
@@ -21,3 +28,9 @@ def get_backend(name, runner, **options):
     except KeyError:
         raise FabricError("unknown batch backend %r; use one of %s" % (name, ", ".join(sorted(BACKENDS))), field="backend")
     return cls(runner, **options)
+
+
+def module_backend(module, **options):
+    """The backend a batch module's ``backend`` and ``bin_dir`` name, running its commands through ``module``
+    (an AnsibleModule)."""
+    return get_backend(module.params["backend"], AnsibleRunner(module, module.params["bin_dir"]), **options)

@@ -1,0 +1,28 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, skygrid.fabric contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The option shapes the image modules share, defined once: an endorser (image_list, vo_image) and one
+image to stage (vo_image's top level and each of its ``images`` items)."""
+
+from __future__ import annotations
+
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.names import STAGED_FORMATS
+
+
+def endorser_options():
+    """An endorser of a VO's image list: the subject DN of its signing certificate and the DN of its CA."""
+    return dict(dn=dict(type="str", required=True), ca=dict(type="str", required=True))
+
+
+def image_selector_options(image_required):
+    """One image: named in the VO's list (``image``, ``version``) or pinned by the inventory (``image_url``,
+    ``sha512``, ``size``, ``format``). ``image`` is required in an ``images`` item, optional at the top level."""
+    image = dict(type="str", required=True) if image_required else dict(type="str")
+    return dict(
+        image=image,
+        version=dict(type="str"),
+        image_url=dict(type="str"),
+        sha512=dict(type="str"),
+        size=dict(type="int"),
+        format=dict(type="str", choices=list(STAGED_FORMATS)),
+    )

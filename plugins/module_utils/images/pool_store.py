@@ -1,0 +1,143 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, skygrid.fabric contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The files of a directory pool that staging keeps beside the volumes, and the per-pool lock.
+
+Layout of a pool directory ``P`` (type dir, fs or netfs)::
+
+    P/<vo>-<image id>[-<version>].qcow2      the published, read-only (0444) base volumes
+    P/.skygrid/staging/<volume>.<sha>.part   downloads in progress (kept to resume an interrupted one)
+    P/.skygrid/staging/<volume>.tmp          a raw image being converted to qcow2
+    P/.skygrid/provenance/<volume>.provenance.json   one record per published volume
+
+libvirt lists every entry of a directory pool as a volume, so the bookkeeping lives in one hidden
+subdirectory (listed as the single ``dir`` volume ``.skygrid``, whose files are not volumes). It is
+inside the pool directory, so it is on the same filesystem and a rename publishes atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+
+from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
+
+STATE_DIR = ".skygrid"
+PROVENANCE_SUFFIX = ".provenance.json"
+PART_SUFFIX = ".part"
+FILE_POOL_TYPES = ("dir", "fs", "netfs")
+LOCK_DIRS = ("/run/lock", "/var/lock", "/tmp")
+
+
+def lock_path(pool_name):
+    directory = next((path for path in LOCK_DIRS if os.path.isdir(path) and os.access(path, os.W_OK)), "/tmp")
+    return os.path.join(directory, "skygrid-vo-image-%s.lock" % re.sub(r"[^A-Za-z0-9_.-]", "_", pool_name))
+
+
+class PoolStore:
+    """The files of one directory pool: volumes, staging area and provenance records."""
+
+    def __init__(self, pool, field="pool"):
+        root = ET.fromstring(pool.XMLDesc(0))
+        self.pool = pool
+        self.name = pool.name()
+        if root.get("type") not in FILE_POOL_TYPES:
+            raise FabricError("storage pool '%s' is of type %s; images are published as files into a directory "
+                              "pool (type dir, fs or netfs): stage into one of those"
+                              % (self.name, root.get("type")), field=field)
+        self.path = root.findtext("target/path")
+        if not self.path or not os.path.isdir(self.path):
+            raise FabricError("the directory of storage pool '%s' (%s) does not exist on this host"
+                              % (self.name, self.path), field=field)
+        self.state_dir = os.path.join(self.path, STATE_DIR)
+        self.staging = os.path.join(self.state_dir, "staging")
+        self.provenance_dir = os.path.join(self.state_dir, "provenance")
+        self.warnings = []
+
+    def ensure_dirs(self):
+        for path, mode in ((self.state_dir, 0o755), (self.staging, 0o700), (self.provenance_dir, 0o755)):
+            if not os.path.isdir(path):
+                os.mkdir(path, mode)
+                os.chmod(path, mode)
+
+    def volume_path(self, volume):
+        return os.path.join(self.path, volume)
+
+    def provenance_path(self, volume):
+        return os.path.join(self.provenance_dir, volume + PROVENANCE_SUFFIX)
+
+    def partial_path(self, volume, sha512):
+        return os.path.join(self.staging, "%s.%s%s" % (volume, sha512[:16], PART_SUFFIX))
+
+    def partials(self, volume):
+        if not os.path.isdir(self.staging):
+            return []
+        pattern = re.compile(r"^%s\.[0-9a-f]{16}%s$" % (re.escape(volume), re.escape(PART_SUFFIX)))
+        return sorted(os.path.join(self.staging, name) for name in os.listdir(self.staging) if pattern.match(name))
+
+    def read_record(self, volume):
+        path = self.provenance_path(volume)
+        try:
+            with open(path) as handle:
+                record = json.load(handle)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            self.warnings.append("provenance record %s is unreadable (%s); treated as missing" % (path, exc))
+            return None
+        return record if isinstance(record, dict) else None
+
+    def records(self):
+        if not os.path.isdir(self.provenance_dir):
+            return []
+        result = []
+        for name in sorted(os.listdir(self.provenance_dir)):
+            if name.endswith(PROVENANCE_SUFFIX):
+                record = self.read_record(name[:-len(PROVENANCE_SUFFIX)])
+                if record is not None:
+                    result.append(record)
+        return result
+
+    def write_record(self, record):
+        path = self.provenance_path(record["volume"])
+        tmp = path + ".tmp"
+        with open(tmp, "w") as handle:
+            json.dump(record, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+        fsync_path(self.provenance_dir)
+
+    def remove_record(self, volume):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.provenance_path(volume))
+
+    @contextlib.contextmanager
+    def lock(self):
+        """One staging run per pool at a time (a second run waits, then finds the work done)."""
+        with open(lock_path(self.name), "a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def fsync_path(path):
+    """fsync a file, or a directory (after a rename in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unlink_if_present(path):
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

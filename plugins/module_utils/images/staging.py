@@ -1,0 +1,370 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, skygrid.fabric contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Staging VO images into a libvirt directory pool, so that a volume either is the endorsed image
+or is not there at all.
+
+The pool directory's layout is described in pool_store.py.
+
+Staging: stream the image (HTTP Range resumes an interrupted download) into the partial file with
+a size cap and sha512 computed on the way; ``qemu-img info`` detects the format (only qcow2 and
+raw; a qcow2 naming a backing or data file is refused); raw is converted to qcow2; the result is
+made read-only, synced, its provenance record written, and then renamed under its final name and
+the pool refreshed. Publishing by rename rather than a libvirt upload: an upload creates the volume
+under its final name before its content is complete and copies the data a second time.
+
+The parts: names.py (volume names, trust), pool_store.py (the pool's files and lock), download.py,
+formats.py (qemu-img); here: who uses a volume, and the stager.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import xml.etree.ElementTree as ET
+
+from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.download import LISTED, PINNED, download
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.formats import convert_to_qcow2, inspect
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.names import check_title, name_part, normalise_format, normalise_sha512, volume_name
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.pool_store import PoolStore, fsync_path, unlink_if_present
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import storage
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import libvirt, libvirt_errors
+
+SCHEMA = 1
+
+
+# ---------------------------------------------------------------- who uses a volume
+
+def users_of(conn, store, volume):
+    """VMs (and overlay volumes in the pool) that use ``volume``: a domain whose skygrid metadata has
+    it as a disk's base volume, a disk that is the volume itself, or a qcow2 backed by its file."""
+    path = store.volume_path(volume)
+    users = []
+    for dom in conn.listAllDomains(0):
+        xmls = [dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)]
+        if dom.isActive():
+            xmls.append(dom.XMLDesc(0))
+        for xml in xmls:
+            if _domain_uses(xml, store.name, volume, path):
+                users.append("VM %s" % dom.name())
+                break
+    for vol in store.pool.listAllVolumes(0):
+        if vol.name() == volume:
+            continue
+        try:
+            root = ET.fromstring(vol.XMLDesc(0))
+        except (libvirt.libvirtError, ET.ParseError):
+            continue
+        if root.findtext("backingStore/path") == path:
+            users.append("overlay volume %s/%s" % (store.name, vol.name()))
+    return users
+
+
+def _domain_uses(xml, pool_name, volume, path):
+    try:
+        spec = vm_spec.from_xml(xml)
+    except Exception:  # a domain this collection did not define: fall back to a plain text search
+        return path in xml or ("volume='%s'" % volume in xml and "pool='%s'" % pool_name in xml)
+    for disk in spec["disks"]:
+        if disk["pool"] == pool_name and volume in (disk["volume"], disk["base_volume"]):
+            return True
+        if disk["volume"] == path:
+            return True
+    return False
+
+
+# ---------------------------------------------------------------- the stager
+
+def _short(record):
+    """The provenance record without the fields that change every time it is written."""
+    return {key: value for key, value in record.items() if key not in ("staged_at", "host")}
+
+
+class ImageStager:
+    """Stages, removes and prunes one VO's images in one pool, recording every change with the Reconciler."""
+
+    def __init__(self, conn, pool_name, vo, reconciler, timeout=60, validate_certs=True, provenance_log=None,
+                 clock=image_list.utcnow):
+        self.conn = conn
+        self.vo = name_part(vo, "VO name", "vo")
+        self.reconciler = reconciler
+        self.timeout = timeout
+        self.validate_certs = validate_certs
+        self.provenance_log = provenance_log
+        self.clock = clock
+        self.pool = storage.pool_by_name(conn, pool_name, "pool")
+        self.store = PoolStore(self.pool)
+        self.host = socket.gethostname()
+
+    @property
+    def warnings(self):
+        return self.store.warnings
+
+    # ------------------------------------------------------------ what is wanted
+
+    def from_list(self, verified, selectors):
+        """Items for images of a verified list. Each selector is ``{"image", "version", "path"}``
+        (``path`` the option prefix errors name: "" or "images[2].")."""
+        items = []
+        for selector in selectors:
+            prefix = selector.get("path", "")
+            field = prefix + "image"
+            for key in ("image_url", "sha512", "size", "format"):
+                if selector.get(key) not in (None, ""):
+                    raise FabricError("comes from the signed image list for trust_class 2; give it only for site (1) "
+                                      "or user (3) images", field=prefix + key)
+            image = image_list.select(verified["images"], selector["image"], selector.get("version"), field)
+            check_title(image["title"], field)
+            scheme = image_list.check_url(image["uri"], field)
+            if scheme == "file" and image_list.check_url(verified["url"], "list_url") != "file":
+                raise FabricError("image %s of the list at %s points at a file on this host (%s); only a list read "
+                                  "from this host (a file:// mirror) may do that. Refused; nothing was staged"
+                                  % (image["identifier"], verified["url"], image["uri"]), field=field)
+            if image["vo"] and image["vo"] != self.vo:
+                raise FabricError("image %s is marked for VO %s (ad:vo) in the list, not %s"
+                                  % (image["identifier"], image["vo"], self.vo), field=field)
+            items.append({
+                "trust_class": 2, "image_id": image["identifier"], "title": image["title"],
+                "version": image["version"], "uri": image["uri"], "size": image["size"], "sha512": image["sha512"],
+                "format": normalise_format(image["format"], field), "field": field,
+                "volume": volume_name(self.vo, image["identifier"], image["version"], field),
+                "list": {"id": verified["identifier"], "title": verified["title"], "uri": verified["uri"],
+                         "url": verified["url"], "version": verified["version"], "expires": verified["expires"]},
+                "endorser": verified["signer"],
+            })
+        return items
+
+    def pinned(self, trust_class, selectors):
+        """Items for site (1) or user (3) images: URL, sha512 and size come from the inventory."""
+        items = []
+        for selector in selectors:
+            prefix = selector.get("path", "")
+            for key in ("image_url", "sha512", "size"):
+                if selector.get(key) in (None, ""):
+                    raise FabricError("is required for a trust_class %d image: a site pins its own images by URL, "
+                                      "sha512 and size (the cap of the download)" % trust_class, field=prefix + key)
+            image_list.check_url(selector["image_url"], prefix + "image_url")
+            size = int(selector["size"])
+            if size <= 0:
+                raise FabricError("must be the image's size in bytes", field=prefix + "size")
+            field = prefix + "image"
+            items.append({
+                "trust_class": trust_class, "image_id": selector["image"], "title": None,
+                "version": selector.get("version"), "uri": selector["image_url"], "size": size,
+                "sha512": normalise_sha512(selector["sha512"], prefix + "sha512"),
+                "format": normalise_format(selector.get("format"), prefix + "format"), "field": field,
+                "volume": volume_name(self.vo, selector["image"], selector.get("version"), field),
+                "list": None, "endorser": None,
+            })
+        return items
+
+    def record_for(self, item, source_format=None, volume_bytes=None):
+        listed = item["list"] or {}
+        endorser = item["endorser"] or {}
+        return {
+            "schema": SCHEMA,
+            "vo": self.vo,
+            "trust_class": item["trust_class"],
+            "pool": self.store.name,
+            "volume": item["volume"],
+            "path": self.store.volume_path(item["volume"]),
+            "image_id": item["image_id"],
+            "image_title": item["title"],
+            "image_version": item["version"],
+            "sha512": item["sha512"],
+            "size": item["size"],
+            "source_uri": item["uri"],
+            "declared_format": item["format"],
+            "source_format": source_format,
+            "converted": source_format == "raw" if source_format else None,
+            "volume_bytes": volume_bytes,
+            "list_id": listed.get("id"),
+            "list_title": listed.get("title"),
+            "list_uri": listed.get("uri"),
+            "list_url": listed.get("url"),
+            "list_version": listed.get("version"),
+            "list_expires": listed.get("expires"),
+            "endorser_dn": endorser.get("dn"),
+            "endorser_ca": endorser.get("ca"),
+            "staged_at": None,
+            "staged_by": "skygrid.fabric.vo_image",
+            "host": self.host,
+        }
+
+    # ------------------------------------------------------------ present
+
+    def ensure(self, item):
+        """Stage one item unless its volume is already the same image. Returns the item's result."""
+        volume = item["volume"]
+        field = item["field"]
+        vol = storage.volume(self.pool, volume)
+        record = self.store.read_record(volume)
+        path = self.store.volume_path(volume)
+        result = {"image_id": item["image_id"], "title": item["title"], "version": item["version"],
+                  "volume": volume, "pool": self.store.name, "path": path, "sha512": item["sha512"],
+                  "trust_class": item["trust_class"], "changed": False}
+        if vol is not None and record is None:
+            raise FabricError("volume '%s' exists in pool '%s' without a provenance record: it was not staged by "
+                              "skygrid.fabric.vo_image, so it cannot be trusted as image %s. Remove or rename it"
+                              % (volume, self.store.name, item["image_id"]), field=field)
+        if vol is not None and self._same_image(record, item):
+            self._check_unchanged(record, path, field)
+            result["provenance"] = record
+            self.reconciler.record_diff(volume, _short(record), _short(record))
+            return result
+        if vol is not None:  # same name, different bytes: the VO re-published without a new version
+            users = users_of(self.conn, self.store, volume)
+            if users:
+                raise FabricError("volume '%s' holds sha512 %s..., but the list now gives %s... for %s version %s, and "
+                                  "it is in use by %s; stop those VMs before it can be replaced"
+                                  % (volume, record.get("sha512", "?")[:16], item["sha512"][:16], item["image_id"],
+                                     item["version"], ", ".join(users)), field=field)
+        planned = self.record_for(item)
+        self.reconciler.record_diff(volume, _short(record) if record else None, _short(planned))
+        verb = "replace" if vol is not None else "stage"
+        action = "%s %s/%s from %s (sha512 %s...)" % (verb, self.store.name, volume, item["uri"], item["sha512"][:16])
+        staged = self.reconciler.act(action, self._stage, item)
+        result["changed"] = True
+        result["provenance"] = staged if staged is not None else planned
+        return result
+
+    def _same_image(self, record, item):
+        return all(record.get(key) == value for key, value in (
+            ("vo", self.vo), ("image_id", item["image_id"]), ("image_version", item["version"]),
+            ("sha512", item["sha512"])))
+
+    def _check_unchanged(self, record, path, field):
+        try:
+            stat = os.stat(path)
+        except OSError as exc:
+            raise FabricError("cannot read staged volume %s: %s" % (path, exc.strerror), field=field)
+        problems = []
+        if record.get("volume_bytes") is not None and stat.st_size != record["volume_bytes"]:
+            problems.append("its size is %d bytes, %d when staged" % (stat.st_size, record["volume_bytes"]))
+        if stat.st_mode & 0o222:
+            problems.append("it is writable (mode %04o)" % (stat.st_mode & 0o7777))
+        if problems:
+            raise FabricError("staged volume %s changed since it was staged (%s): it can no longer be trusted. Stop "
+                              "its VMs, remove it (state: absent) and stage it again" % (path, "; ".join(problems)),
+                              field=field)
+
+    def _stage(self, item):
+        store = self.store
+        store.ensure_dirs()
+        for stale in store.partials(item["volume"]):  # left by an earlier version of this image
+            if stale != store.partial_path(item["volume"], item["sha512"]):
+                unlink_if_present(stale)
+        partial = store.partial_path(item["volume"], item["sha512"])
+        converted = os.path.join(store.staging, item["volume"] + ".tmp")
+        download(item["uri"], partial, item["size"], item["sha512"], item["field"], self.timeout, self.validate_certs,
+                 declared=LISTED if item["list"] else PINNED)
+        try:
+            found = inspect(partial, item["format"], item["uri"], item["field"])
+            ready = partial
+            if found["format"] == "raw":
+                convert_to_qcow2(partial, converted, item["uri"], item["field"])
+                unlink_if_present(partial)  # before the fsync below: its unwritten pages are dropped, not written
+                ready = converted
+            os.chmod(ready, 0o444)
+            fsync_path(ready)
+            record = self.record_for(item, found["format"], os.path.getsize(ready))
+            record["staged_at"] = image_list.format_time(self.clock())
+            final = store.volume_path(item["volume"])
+            replacing = os.path.exists(final)
+            if not replacing:  # a volume never exists without its record...
+                store.write_record(record)
+            os.rename(ready, final)
+            fsync_path(store.path)
+            if replacing:  # ...and a record never vouches for bytes not yet in place
+                store.write_record(record)
+        except Exception:
+            unlink_if_present(converted)
+            unlink_if_present(partial)
+            raise
+        unlink_if_present(partial)
+        with libvirt_errors("refreshing storage pool '%s'" % store.name, "pool"):
+            self.pool.refresh(0)
+        if storage.volume(self.pool, item["volume"]) is None:
+            raise FabricError("published %s, but libvirt does not list it in pool '%s' after a refresh"
+                              % (item["volume"], store.name), field="pool")
+        self.log("staged", record)
+        return record
+
+    # ------------------------------------------------------------ absent and prune
+
+    def matching_records(self, selectors):
+        """Records of this VO matching any ``{"image", "version"}`` (identifier or title)."""
+        found = []
+        for record in self.store.records():
+            if record.get("vo") != self.vo:
+                continue
+            for selector in selectors:
+                if selector["image"] in (record.get("image_id"), record.get("image_title")) and \
+                        selector.get("version") in (None, record.get("image_version")):
+                    found.append(record)
+                    break
+        return found
+
+    def remove(self, records, event="removed", field="image"):
+        """Remove the volumes of ``records``; refuses (removing nothing) when any is in use."""
+        busy = {}
+        for record in records:
+            users = users_of(self.conn, self.store, record["volume"])
+            if users:
+                busy[record["volume"]] = users
+        if busy:
+            users_text = "; ".join("%s: %s" % (volume, ", ".join(users)) for volume, users in sorted(busy.items()))
+            raise FabricError("refusing to remove %s: in use by %s. Remove or move those VMs first"
+                              % (", ".join(sorted(busy)), users_text), field=field, in_use=busy)
+        removed = []
+        for record in records:
+            self.reconciler.record_diff(record["volume"], _short(record), None)
+            action = "remove %s/%s (%s %s version %s)" % (
+                self.store.name, record["volume"], self.vo, record.get("image_id"), record.get("image_version"))
+            self.reconciler.act(action, self._remove, record, event)
+            removed.append(record["volume"])
+        return removed
+
+    def _remove(self, record, event):
+        vol = storage.volume(self.pool, record["volume"])
+        if vol is not None:
+            storage.delete(vol, "image")
+        for partial in self.store.partials(record["volume"]):
+            unlink_if_present(partial)
+        self.store.remove_record(record["volume"])
+        self.log(event, record)
+
+    def prune(self, keep, trust_classes):
+        """Remove this VO's staged images (of ``trust_classes``) whose (image id, version, sha512) is
+        not in ``keep`` and that nothing uses. Returns (pruned volumes, [{volume, users}] kept in use)."""
+        candidates, kept = [], []
+        for record in self.store.records():
+            if record.get("vo") != self.vo or record.get("trust_class") not in trust_classes:
+                continue
+            if (record.get("image_id"), record.get("image_version"), record.get("sha512")) in keep:
+                continue
+            users = users_of(self.conn, self.store, record["volume"])
+            if users:
+                kept.append({"volume": record["volume"], "users": users})
+            else:
+                candidates.append(record)
+        return self.remove(candidates, event="pruned"), kept
+
+    def log(self, event, record):
+        """Append one JSON line to the site's provenance log."""
+        if not self.provenance_log:
+            return
+        entry = dict(record, event=event, time=image_list.format_time(self.clock()))
+        directory = os.path.dirname(self.provenance_log)
+        if directory and not os.path.isdir(directory):
+            os.makedirs(directory, 0o755)
+        line = (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
+        fd = os.open(self.provenance_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
