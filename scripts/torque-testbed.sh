@@ -107,6 +107,9 @@ configure_server() { # torque.setup's steps, only where the server differs
   grep -q "^set server scheduling = True" <<<"$server" || qmgr_set "set server scheduling = True"
   # vo_demand reads every user's jobs
   grep -q "^set server query_other_jobs = True" <<<"$server" || qmgr_set "set server query_other_jobs = True"
+  # `delete node` under a running job waits this long for the MOM to requeue it (default 120 s) before it
+  # purges the job: shorter, for the tests that do so
+  grep -q "^set server timeout_for_job_requeue = 15$" <<<"$server" || qmgr_set "set server timeout_for_job_requeue = 15"
   queue=$("$BIN/qmgr" -c "print queue batch" 2>/dev/null || true)
   if [[ -z $queue ]]; then
     log "creating queue batch"

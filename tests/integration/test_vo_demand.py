@@ -9,7 +9,6 @@ before and after. Its assertions look only at its own VOs and node, so other job
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
