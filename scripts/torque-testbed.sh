@@ -35,11 +35,17 @@ log() { echo "==> $*"; }
 [[ $(id -u) == 0 ]] || die "run as root"
 export PATH=$BIN:$SBIN:$PATH LC_ALL=C
 
+exe_of() { # pid: its executable; one replaced by a rebuild since it started still counts as that program
+  local exe
+  exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 0
+  echo "${exe% (deleted)}"
+}
+
 # pids of processes running $SBIN/<program> (exact executable, not a name match)
 program_pids() {
   local exe=$SBIN/$1 proc
   for proc in /proc/[0-9]*; do
-    [[ $(readlink "$proc/exe" 2>/dev/null) == "$exe" ]] && echo "${proc#/proc/}"
+    [[ $(exe_of "${proc#/proc/}") == "$exe" ]] && echo "${proc#/proc/}"
   done
   return 0
 }
@@ -48,7 +54,7 @@ lock_pid() { # lockfile program: the pid in a Torque lock file when that process
   local pid
   [[ -s $1 ]] || return 1
   pid=$(tr -dc '0-9' <"$1")
-  [[ -n $pid && $(readlink "/proc/$pid/exe" 2>/dev/null) == "$SBIN/$2" ]] && echo "$pid"
+  [[ -n $pid && $(exe_of "$pid") == "$SBIN/$2" ]] && echo "$pid"
 }
 
 server_pid() { # `pbs_server -t create` leaves no server.lock behind (6.1.3): then by its executable

@@ -40,7 +40,10 @@ options:
     type: str
     required: true
   state:
-    description: V(present) creates or updates the queue; V(absent) deletes it (Torque refuses to delete a queue holding jobs that have not completed; completed ones it still keeps are purged first).
+    description:
+      - V(present) creates or updates the queue; V(absent) deletes it.
+      - Torque refuses to delete a queue holding jobs that have not completed; the completed ones it still keeps
+        are purged first (C(qdel -p)).
     type: str
     choices: [present, absent]
     default: present

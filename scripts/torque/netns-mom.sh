@@ -35,7 +35,9 @@ mom_pid() {
   local pid
   [[ -s $MOM_HOME/mom_priv/mom.lock ]] || return 1
   pid=$(tr -dc '0-9' <"$MOM_HOME/mom_priv/mom.lock")
-  [[ -n $pid && $(readlink "/proc/$pid/exe" 2>/dev/null) == "$PREFIX/sbin/pbs_mom" ]] && echo "$pid"
+  local exe
+  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+  [[ -n $pid && ${exe% (deleted)} == "$PREFIX/sbin/pbs_mom" ]] && echo "$pid"
 }
 
 ns_exists() { ip netns list | awk '{print $1}' | grep -qx "$NS"; }
@@ -65,6 +67,7 @@ start() {
   touch "$MOM_HOME/pbs_environment"
   echo "$SERVER" >"$MOM_HOME/server_name"
   # reports every 10 s (default 45 s): a new node turns free sooner
+  # shellcheck disable=SC2016 # $pbsserver etc. are MOM directives, not shell variables
   printf '$pbsserver %s\n$usecp *:/ /\n$status_update_time 10\n$check_poll_time 10\n' "$SERVER" >"$MOM_HOME/mom_priv/config"
   if ! mom_pid >/dev/null; then
     log "starting pbs_mom $NODE in namespace $NS ($ADDR_NS)"

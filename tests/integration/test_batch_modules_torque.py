@@ -51,7 +51,7 @@ def test_unresolvable_node_name_names_the_fix(torque):
     assert checked["actions"] == ["add node %s (1 cores)" % name]
     refused = node(name=name, cores=1)
     assert refused.failed and refused["field"] == "name"
-    assert "cannot resolve" in refused["msg"] and "/etc/hosts" in refused["msg"] and "IPAM hosts export" in refused["msg"]
+    assert "cannot resolve" in refused["msg"] and "/etc/hosts" in refused["msg"] and "vm_slots_torque_hosts_file" in refused["msg"]
     assert node_field(name, "state") is None
 
 

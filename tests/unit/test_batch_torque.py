@@ -178,7 +178,7 @@ def test_add_node_whose_name_does_not_resolve_names_the_fix():
                                fixture("qmgr_create_unresolvable_node.stderr"))])
     with pytest.raises(FabricError) as info:
         torque.add_node("sgtrq-nowhere", 1)
-    assert info.value.field == "name" and "cannot resolve" in str(info.value) and "IPAM hosts export" in str(info.value)
+    assert info.value.field == "name" and "cannot resolve" in str(info.value) and "vm_slots_torque_hosts_file" in str(info.value)
 
 
 def test_qmgr_rejection_fails_even_with_exit_zero():

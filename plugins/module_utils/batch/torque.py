@@ -198,8 +198,9 @@ class TorqueBackend(BatchBackend):
             if "unknown node" in exc.stderr.lower():
                 raise FabricError(
                     "the Torque server cannot resolve node name %s (qmgr: Unknown node): pbs_server knows a MOM by "
-                    "its address, so every node name must resolve on the server - add it to DNS or to /etc/hosts "
-                    "there (the vm_slots role writes the VM slot names from the IPAM hosts export)" % name,
+                    "its address, so every node name must resolve on the server - add it to /etc/hosts there (the "
+                    "vm_slots role writes each slot's name and leased address: vm_slots_torque_hosts_file) or to "
+                    "DNS (skygrid.fabric.ip_lease exports the leases as a hosts file or zone)" % name,
                     field="name", cmd=exc.argv, rc=exc.rc, stderr=exc.stderr)
             raise
         for prop in properties:
