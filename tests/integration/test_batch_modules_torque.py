@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 
 from modrun import run_module
-from torque_live import (BIN, GROUP, GROUP2, HOST, OUTSIDER, PREFIX, TESTBED, VM, job_field, node_field, ok, sh,
-                         submit, torque, tq, wait_for, wait_running)
+from torque_live import (BIN, GROUP, GROUP2, HOST, OUTSIDER, PREFIX, TESTBED, USER, VM, job_field, node_field, ok,
+                         sh, submit, torque, tq, wait_for, wait_running)
 
 __all__ = ["torque"]  # the fixture, used by name
 ATLAS = PREFIX + "atlas"
@@ -183,3 +183,35 @@ def test_missing_commands_name_the_fix(torque):
     # clients reach pbs_server through trqauthd, so it cannot be seen here without stopping the shared server)
     missing = run_module("batch_node", dict(backend="torque", name=VM), env={"PATH": "/nonexistent"})
     assert missing.failed and "command not found" in missing["msg"] and "delegate_to" in missing["msg"]
+
+
+VM_SUBMIT = """
+hostname %(vm)s
+mount -t tmpfs tmpfs /tmp
+%(sbin)s/trqauthd -D >/dev/null 2>&1 &
+T=$!
+sleep 1
+echo 'sleep 1' | runuser -u %(user)s -- %(bin)s/qsub -N %(prefix)sjob -o /dev/null -j oe; echo "rc=$?"
+echo 'sleep 1' | runuser -u %(user)s -- %(bin)s/qsub -N %(prefix)sjob -o /dev/null -j oe -v PBS_O_HOST=%(host)s; echo "rc=$?"
+kill "$T"
+"""
+
+
+def test_a_vm_node_can_submit_by_claiming_the_server_host(torque):
+    """Pins a limit of Torque's trust model that docs/BATCH.md states: pbs_server admits every node's connections
+    (acl_hosts "always allow myself and nodes") and checks a submission's host by PBS_O_HOST, which the client
+    sends. From the VM node's own address, with its own host name and its own trqauthd: a plain qsub is refused,
+    one that claims the server's host name is accepted. (And root in a VM runs its trqauthd, which vouches for
+    the user.)"""
+    add_vm_node()
+    script = VM_SUBMIT % {"vm": VM, "sbin": BIN.replace("/bin", "/sbin"), "bin": BIN, "user": USER, "prefix": PREFIX,
+                          "host": HOST}
+    proc = sh("timeout", "60", "ip", "netns", "exec", "sgtrq", "unshare", "-m", "-u", "bash", "-c", script)
+    lines = proc.stdout.split()
+    assert lines[0] == "rc=177" and "ruserok failed validating %s/%s from %s" % (USER, USER, VM) in proc.stderr
+    job = lines[1]
+    assert lines[2] == "rc=0" and job.endswith("." + HOST), proc.stdout + proc.stderr
+    # the server keeps the real submit host beside the claimed one: the forgery shows in the record
+    assert job_field(job, "submit_host") == VM and "PBS_O_HOST=%s," % HOST in job_field(job, "Variable_List")
+    tq("qdel", "-p", job)
+    ok(node(name=VM, state="absent", force=True))
