@@ -10,8 +10,8 @@ from it (tests/fixtures/torque/). Facts it relies on:
   <properties>atlas,vm</properties><jobs>0/12.srv,1/13.srv</jobs><note>…</note>…</Node></Data>``; a node
   has several comma-separated states, in a fixed order (``down,offline,MOM-list-not-sent``, ``job-exclusive``;
   ``free`` alone). ``jobs`` lists ``core/jobid`` (Torque 6 also ``0-3/jobid``; Torque 4 ``, `` separated).
-  An unknown node: ``pbsnodes: Unknown node  MSG=cannot locate specified node``, exit 1; a server without
-  nodes: "Server has no node list", exit 1.
+  An unknown node: ``pbsnodes: Unknown node  MSG=cannot locate specified node``, exit 1 (also on a server
+  without nodes); ``pbsnodes -x`` of all nodes there: "pbsnodes: No nodes found", exit 2.
 * ``qmgr -c`` exits 2 on every server rejection (``qmgr obj=NAME svr=default: MESSAGE`` on stderr), 1 on a
   syntax error, 3 when it cannot connect; ``-a`` is kept and stderr checked as well.
 * ``create node NAME`` fails with ``Unknown node`` unless NAME resolves on the server (pbs_server knows a MOM by
