@@ -49,12 +49,20 @@ sanity:
 unit:
 	pytest -q tests/unit
 
-integration:
+integration: torque-testbed
 	pytest -q tests/integration
 
 # Execution-environment metadata, ansible-builder introspect/create, playbooks through ansible-runner (AWX's engine).
 ee:
 	pytest -q tests/ee
+
+# Torque 6.1.3 from source, once (cached outside the clone), and its one-host test bed
+.PHONY: torque torque-testbed
+torque: deps
+	scripts/torque/build.sh
+
+torque-testbed: torque
+	scripts/torque-testbed.sh start
 
 molecule:
 	molecule test -s hypervisor

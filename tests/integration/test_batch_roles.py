@@ -1,7 +1,7 @@
 """The torque and slurm roles through ansible-playbook: the controller-side slurm.conf block (on a copy), the
-Torque server side against the command double, and the VM-side contextualisation each builds - the cloud-init
-user-data the vm module's cloud_init.user_data takes - checked for content, file modes, the munge key kept out
-of the output, and shell scripts that parse. The VM side is booted for real later, by the end-to-end test."""
+Torque server side live against the TORQUE 6.1.3 test bed (see torque_live.py), and the VM-side
+contextualisation each builds - the cloud-init user-data the vm module's cloud_init.user_data takes - checked
+for content, file modes, the munge key kept out of the output, and shell scripts that parse. The VM side is booted for real later, by the end-to-end test."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ import sys
 
 import pytest
 
+import torque_live
+from torque_live import torque
+
+__all__ = ["torque"]  # the fixture, used by name
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DOUBLE = os.path.join(ROOT, "tests", "doubles", "torque_double.py")
 VENV_BIN = os.path.dirname(sys.executable)
 
 
@@ -200,29 +204,23 @@ def test_slurm_vm_user_data_rejects_unsafe_conf(tmp_path, munge_key):
 # ------------------------------------------------------------------------------------------ torque
 
 
-def test_torque_server_side_against_the_double(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for command in ("qmgr", "pbsnodes"):
-        os.symlink(DOUBLE, str(bin_dir / command))
-    state = tmp_path / "torque.json"
-    state.write_text(json.dumps({"nodes": {"wn042.example.org": {"np": 8, "properties": ["batch"], "states": ["free"], "jobs": []}},
-                                 "queues": {}}))
-    env = {"TORQUE_DOUBLE_STATE": str(state), "TORQUE_DOUBLE_LOG": str(tmp_path / "log"),
-           "PATH": os.pathsep.join([str(bin_dir), VENV_BIN, os.environ.get("PATH", "")])}
+def test_torque_server_side_live(torque, tmp_path):
+    """The torque role's queues and nodes through ansible-playbook against the live TORQUE 6.1.3 test bed: a VO
+    queue routed to its property, a VM node with a pbs_mom (sgtrq-vm1) taken offline, one without (sgtrq-vm2)."""
+    queue, vm1, vm2 = torque_live.PREFIX + "role", torque_live.VM, torque_live.PREFIX + "vm2"
     play = [{"hosts": "localhost", "gather_facts": False, "roles": [{"role": "skygrid.fabric.torque", "vars": {
-        "torque_vos": [{"name": "atlas", "groups": ["atlas"]}, {"name": "lhcb", "property": "lhcb", "groups": ["lhcb"]}],
-        "torque_nodes": [{"name": "wn042.example.org", "state": "drained", "note": "converting"},
-                         {"name": "wn042-atlas-1", "cores": 4, "properties": ["atlas", "vm"]},
-                         {"name": "wn042-lhcb-1", "cores": 4, "properties": ["lhcb", "vm"]}]}}]}]
-    rc, out = playbook(tmp_path, play, extra_env=env)
+        "torque_bin_dir": torque_live.BIN,
+        "torque_vos": [{"name": queue, "property": "atlas", "groups": [torque_live.GROUP]}],
+        "torque_nodes": [{"name": vm1, "cores": 1, "properties": ["atlas", "vm"], "state": "offline", "note": "converting"},
+                         {"name": vm2, "cores": 2, "properties": ["lhcb", "vm"]}]}}]}]
+    rc, out = playbook(tmp_path, play)
     assert rc == 0, out
-    result = json.loads(state.read_text())
-    assert sorted(result["queues"]) == ["atlas", "lhcb"]
-    assert result["queues"]["lhcb"]["attrs"]["acl_groups"] == ["lhcb"]
-    assert result["nodes"]["wn042-atlas-1"]["properties"] == ["atlas", "vm"]
-    assert "offline" in result["nodes"]["wn042.example.org"]["states"]
-    rc, out = playbook(tmp_path, play, extra_env=env)
+    printed = torque_live.tq("qmgr", "-c", "print queue %s" % queue).stdout
+    assert "resources_default.neednodes = 1:atlas" in printed and "acl_groups = %s" % torque_live.GROUP in printed
+    assert torque_live.node_field(vm1, "properties") == "atlas,vm" and "offline" in torque_live.node_field(vm1, "state")
+    assert torque_live.node_field(vm1, "note") == "converting"
+    assert torque_live.node_field(vm2, "properties") == "lhcb,vm" and torque_live.node_field(vm2, "np") == "2"
+    rc, out = playbook(tmp_path, play)
     assert rc == 0 and recap_changed(out) == 0, out
 
 
