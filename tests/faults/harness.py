@@ -154,7 +154,10 @@ def batch_nodes():
 
 
 def prepare(fault):
-    """The state the fault's playbook starts from: converted for revert and rebalance, reverted for convert."""
+    """The state the fault's playbook starts from: converted for revert and rebalance, reverted for convert.
+    The daemons come first: an earlier fault (or anyone sharing the machine) may have stopped them."""
+    sh("bash", os.path.join(ROOT, "scripts", "testbed.sh"), "start")
+    sh("bash", os.path.join(ROOT, "scripts", "slurm-testbed.sh"), "start")
     wanted = "convert_worker_nodes" if fault.playbook != "convert_worker_nodes" else "revert_worker_nodes"
     rc, out = run_playbook(wanted)
     assert rc == 0, "preparing (%s) failed:\n%s" % (wanted, out[-3000:])
@@ -221,8 +224,12 @@ def campaign(names, log_dir):
     results = []
     for fault in (fault for fault in FAULTS if fault.name in names):
         with open(os.path.join(log_dir, fault.name + ".log"), "w") as log:
-            prepare(fault)
-            outcome, detail = inject_and_recover(fault, log)
+            try:
+                prepare(fault)
+            except (AssertionError, subprocess.CalledProcessError) as exc:
+                outcome, detail = "not-prepared", str(exc)[-600:].replace("\n", " | ")
+            else:
+                outcome, detail = inject_and_recover(fault, log)
             rc, out = run_playbook("revert_worker_nodes")
             log.write(out)
             leaked = leftovers() if rc == 0 else {"revert": ["failed"]}
