@@ -182,7 +182,7 @@ def inject_and_recover(fault, log):
     log.write(out)
     if rc:
         return "failed", "the repair run failed: %s" % out[-600:].replace("\n", " | ")
-    rc, out = run_playbook(fault.playbook)
+    rc, out = run_playbook(fault.playbook, "--diff")  # what still changes, shown
     log.write(out)
     changed = changed_tasks(out)
     if rc or recap(out)[1] or changed:
@@ -242,8 +242,8 @@ def campaign(names, log_dir):
     logs, keys, hits = secret_scan(log_dir)
     print("secrets: %d keys searched in %d logs (one at -vvv): %s" % (keys, logs, "; ".join(hits) or "none found"),
           flush=True)
-    converged = sum(1 for _, outcome, _ in results if outcome == "converged")
-    leaked = sum(1 for _, _, items in results if items)
+    converged = sum(1 for result in results if result[1] == "converged")
+    leaked = sum(1 for result in results if result[2])
     print("%d faults, %d converged, %d leaked" % (len(results), converged, leaked), flush=True)
     return results, hits
 
@@ -264,7 +264,7 @@ def main():
     if unknown:
         parser.error("unknown faults: %s (see --list)" % ", ".join(sorted(unknown)))
     results, hits = campaign(names, args.log_dir)
-    return 0 if not hits and all(outcome == "converged" and not leaked for _, outcome, leaked in results) else 1
+    return 0 if not hits and all(result[1] == "converged" and not result[2] for result in results) else 1
 
 
 if __name__ == "__main__":
