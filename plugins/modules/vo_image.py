@@ -37,6 +37,8 @@ description:
     images in use are kept and reported in RV(kept).
   - A VM uses a volume when its disk is the volume or an overlay on it (the base volume
     M(skygrid.fabric.vm) records in the domain's metadata), or when a qcow2 in the pool is backed by it.
+extends_documentation_fragment:
+  - skygrid.fabric.image_trust
 author:
   - skygrid.fabric contributors (@skygrid)
 requirements:
@@ -132,23 +134,6 @@ options:
   list_url:
     description: URL of the VO's signed image list (class 2).
     type: str
-  endorsers:
-    description: The VO's endorsers the site accepts (class 2), as in M(skygrid.fabric.image_list).
-    type: list
-    elements: dict
-    suboptions:
-      dn:
-        description: Subject DN of the endorser's certificate, OpenSSL slash form.
-        type: str
-        required: true
-      ca:
-        description: Subject DN of the CA that issued it.
-        type: str
-        required: true
-  ca_path:
-    description: Directory of trusted CA certificates in OpenSSL hashed form (class 2).
-    type: path
-    default: /etc/grid-security/certificates
   prune:
     description: Remove this VO's staged images that are no longer wanted and not in use (see above).
     type: bool
@@ -184,6 +169,7 @@ EXAMPLES = r"""
     endorsers:
       - dn: /DC=ch/DC=cern/OU=Organic Units/OU=Users/CN=atlasimg/CN=123456/CN=ATLAS Image Endorser
         ca: /DC=ch/DC=cern/CN=CERN Grid Certification Authority
+        ca_sha256: "{{ cern_grid_ca_sha256 }}"   # the CA itself, not only its name
     prune: true
     provenance_log: /var/log/skygrid/vo_images.jsonl
   register: atlas_image
@@ -326,7 +312,7 @@ kept:
 import contextlib
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
-from ansible_collections.skygrid.fabric.plugins.module_utils.images.args import endorser_options, image_selector_options
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.args import image_selector_options, trust_options
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.names import check_trust_class
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.staging import ImageStager
@@ -348,8 +334,7 @@ class VoImageModule(FabricModule):
         **image_selector_options(image_required=False),
         images=dict(type="list", elements="dict", options=image_selector_options(image_required=True)),
         list_url=dict(type="str"),
-        endorsers=dict(type="list", elements="dict", options=endorser_options()),
-        ca_path=dict(type="path", default=image_list.DEFAULT_CA_PATH),
+        **trust_options(),
         prune=dict(type="bool", default=False),
         provenance_log=dict(type="path"),
         validate_certs=dict(type="bool", default=True),
@@ -423,7 +408,8 @@ class VoImageModule(FabricModule):
             raise FabricError("is required for trust_class 2: the VO's endorsers (dn and ca) the site accepts",
                               field="endorsers")
         return image_list.load(params["list_url"], params["endorsers"], params["ca_path"], field="list_url",
-                               timeout=params["timeout"], validate_certs=params["validate_certs"])
+                               timeout=params["timeout"], validate_certs=params["validate_certs"],
+                               crl_check=params["crl_check"], allow_http=params["allow_http"])
 
     def stager(self, conn):
         params = self.params

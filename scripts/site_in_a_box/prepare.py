@@ -26,6 +26,7 @@ import imagelist_fixtures as fixtures  # noqa: E402  (the tests' PKI and list bu
 VOS = ("atlas", "lhcb")
 IMAGE_CACHE = os.path.join(os.environ.get("SKYGRID_CACHE", "/var/cache/skygrid"), "vo-image")
 CA_DN = "/C=NL/O=Skygrid Demo Grid/CN=Skygrid Demo CA"
+CA_FILE = "skygrid-demo-ca.pem"
 
 
 def endorser_dn(vo):
@@ -33,25 +34,25 @@ def endorser_dn(vo):
 
 
 def ensure_pki(directory):
-    """The demo CA (trusted in certificates/) and one endorser certificate per VO, made once."""
+    """The demo CA (trusted in certificates/, with a current CRL there as fetch-crl keeps it) and one
+    endorser certificate per VO, made once; the CRL is renewed when it is due within a day."""
     pki_dir = os.path.join(directory, "pki")
     marker = os.path.join(pki_dir, "done")
+    ca_path = os.path.join(directory, "certificates")
+    os.makedirs(pki_dir, exist_ok=True)
+    os.makedirs(ca_path, exist_ok=True)
+    config = os.path.join(pki_dir, "openssl.cnf")
+    with open(config, "w") as handle:
+        handle.write(fixtures._EXTENSIONS)  # pylint: disable=protected-access
+    ca = fixtures.Authority(pki_dir, "ca", CA_DN, config)  # an earlier run's CA is kept
     if not os.path.exists(marker):
-        os.makedirs(pki_dir, exist_ok=True)
-        pki = fixtures.Pki.__new__(fixtures.Pki)  # reuse its openssl recipes, with the demo's names
-        pki.dir = pki_dir
-        pki.config = os.path.join(pki_dir, "openssl.cnf")
-        with open(pki.config, "w") as handle:
-            handle.write(fixtures._EXTENSIONS)  # pylint: disable=protected-access
-        ca = pki._ca("ca", CA_DN)  # pylint: disable=protected-access
         for vo in VOS:
-            pki._signer("endorser-" + vo, endorser_dn(vo), ca)  # pylint: disable=protected-access
-        ca_path = os.path.join(directory, "certificates")
-        os.makedirs(ca_path, exist_ok=True)
-        with open(os.path.join(ca_path, "skygrid-demo-ca.pem"), "w") as out, open(ca[0]) as src:
+            ca.issue(pki_dir, "endorser-" + vo, endorser_dn(vo))
+        with open(os.path.join(ca_path, CA_FILE), "w") as out, open(ca.cert) as src:
             out.write(src.read())
         subprocess.run(["openssl", "rehash", ca_path], check=True)
         open(marker, "w").close()
+    ca.ensure_crl(ca_path)
     return {vo: (os.path.join(pki_dir, "endorser-%s.pem" % vo), os.path.join(pki_dir, "endorser-%s.key" % vo))
             for vo in VOS}
 
@@ -153,7 +154,9 @@ def main():
     print(json.dumps({
         "ca_path": os.path.join(args.dir, "certificates"),
         "vos": {vo: {"image_list_url": "http://127.0.0.1:%d/%s.image_list" % (args.port, vo),
-                     "endorser": {"dn": endorser_dn(vo), "ca": CA_DN}, "image_id": image_id(vo)} for vo in VOS},
+                     "endorser": {"dn": endorser_dn(vo), "ca": CA_DN,
+                                  "ca_cert": os.path.join(args.dir, "certificates", CA_FILE)},
+                     "image_id": image_id(vo)} for vo in VOS},
     }, indent=2))
 
 

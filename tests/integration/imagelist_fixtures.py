@@ -1,8 +1,9 @@
 """Test material for image lists and image staging, made here with openssl and qemu-img:
 
-* a PKI: the site's trusted CA (hashed into a CA directory), the VO's endorser, a rogue signer
-  from the same CA, and a rogue CA with the *same* subject as the real one issuing a certificate
-  with the endorser's DN (right names, wrong chain);
+* a PKI (class ``Pki``): the site's trusted CAs with CRLs (hashed into a CA directory), the VO's endorser,
+  a rogue signer from the same CA, a revoked endorser certificate, and two impostors with the endorser's DN
+  (right names, wrong chain): one from an untrusted CA with the real CA's name, one from an intermediate
+  carrying the real CA's name issued by another *trusted* CA;
 * HEPiX image lists, signed the way ``openssl smime -sign`` does (detached, multipart/signed);
 * an HTTP server on 127.0.0.1 with Range support and per-path modes: ``cut`` (declares the full
   length, sends half, closes), ``norange`` (ignores Range), ``nolength`` (no Content-Length).
@@ -21,6 +22,7 @@ import threading
 import uuid
 
 CA_DN = "/C=NL/O=Skygrid Test Grid/CN=Skygrid Test CA"
+OTHER_CA_DN = "/C=DE/O=Other Test Grid/CN=Other Test CA"
 ENDORSER_DN = "/C=NL/O=Skygrid Test Grid/OU=atlas/CN=Atlas Image Endorser"
 ROGUE_DN = "/C=NL/O=Skygrid Test Grid/OU=atlas/CN=Mallory Image Endorser"
 
@@ -32,12 +34,23 @@ distinguished_name = dn
 basicConstraints = critical,CA:true
 keyUsage = critical,keyCertSign,cRLSign
 subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
 [v3_signer]
 basicConstraints = critical,CA:false
 keyUsage = critical,digitalSignature,nonRepudiation
 extendedKeyUsage = emailProtection
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
+"""
+
+_CA_DATABASE = """
+[ca]
+default_ca = this_ca
+[this_ca]
+database = %(dir)s/index.txt
+crlnumber = %(dir)s/crlnumber
+default_md = sha256
+default_crl_days = 30
 """
 
 
@@ -56,8 +69,98 @@ def sha512_of(path):
     return digest.hexdigest()
 
 
+def sha256_fingerprint(cert_path):
+    """The SHA-256 fingerprint of a certificate, as ``openssl x509 -fingerprint -sha256`` prints it."""
+    out = _run(["openssl", "x509", "-in", cert_path, "-noout", "-fingerprint", "-sha256"]).decode()
+    return out.strip().partition("=")[2]
+
+
+class Authority:
+    """A CA made with openssl: its certificate and key (``pair``), what it issues, its CRL."""
+
+    def __init__(self, directory, name, dn, config, issuer=None):
+        """A new CA, or the one an earlier run made in ``directory`` (its certificate and key are kept)."""
+        self.dir = os.path.join(directory, name + ".ca")
+        self.config = config
+        self.dn = dn
+        os.makedirs(self.dir, exist_ok=True)
+        cert, key = (os.path.join(directory, name + ext) for ext in (".pem", ".key"))
+        if os.path.exists(cert) and os.path.exists(key):
+            self.cert, self.key = cert, key
+        else:
+            self.cert, self.key = _certificate(directory, name, dn, config, "v3_ca", issuer)
+        self.pair = (self.cert, self.key)
+        self.database = os.path.join(self.dir, "ca.cnf")
+        with open(self.database, "w") as handle:
+            handle.write(_CA_DATABASE % {"dir": self.dir})
+        for path, text in (("index.txt", ""), ("crlnumber", "01\n")):
+            if not os.path.exists(os.path.join(self.dir, path)):
+                with open(os.path.join(self.dir, path), "w") as handle:
+                    handle.write(text)
+
+    def issue(self, directory, name, dn, extensions="v3_signer"):
+        return _certificate(directory, name, dn, self.config, extensions, self.pair)
+
+    def revoke(self, cert):
+        _run(["openssl", "ca", "-config", self.database, "-revoke", cert, "-keyfile", self.key, "-cert", self.cert])
+
+    def crl(self, path, next_update=None, last_update=None):
+        """Write this CA's CRL (PEM) to ``path``: valid 30 days, or between the given times (YYYYMMDDHHMMSSZ)."""
+        args = ["openssl", "ca", "-config", self.database, "-gencrl", "-keyfile", self.key, "-cert", self.cert,
+                "-out", path]
+        if next_update:
+            args += ["-crl_lastupdate", last_update, "-crl_nextupdate", next_update]
+        _run(args)
+        return path
+
+    def install(self, ca_path, with_crl=True):
+        """Put the certificate into ``ca_path`` (hashed) and its CRL as ``<hash>.r0``, as fetch-crl does."""
+        with open(os.path.join(ca_path, os.path.basename(self.cert)), "w") as out, open(self.cert) as src:
+            out.write(src.read())
+        _run(["openssl", "rehash", ca_path])
+        if with_crl:
+            self.crl(self.crl_path(ca_path))
+
+    def ensure_crl(self, ca_path, margin=datetime.timedelta(days=1)):
+        """Keep this CA's CRL in ``ca_path`` current, as fetch-crl would: renewed when missing or due within
+        ``margin``. True when it was written."""
+        path = self.crl_path(ca_path)
+        if os.path.exists(path):
+            out = _run(["openssl", "crl", "-in", path, "-noout", "-nextupdate"]).decode().strip()
+            due = datetime.datetime.strptime(out.partition("=")[2], "%b %d %H:%M:%S %Y %Z")
+            if due.replace(tzinfo=datetime.timezone.utc) > datetime.datetime.now(datetime.timezone.utc) + margin:
+                return False
+        self.crl(path)
+        return True
+
+    def crl_path(self, ca_path):
+        digest = _run(["openssl", "x509", "-in", self.cert, "-noout", "-subject_hash"]).decode().strip()
+        return os.path.join(ca_path, digest + ".r0")
+
+
+def _certificate(directory, name, dn, config, extensions, issuer):
+    cert, key, csr = (os.path.join(directory, name + ext) for ext in (".pem", ".key", ".csr"))
+    _run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key,
+          "-out", csr, "-subj", dn, "-config", config])
+    if issuer is None:  # self-signed
+        signing = ["-signkey", key]
+    else:
+        signing = ["-CA", issuer[0], "-CAkey", issuer[1]]
+    _run(["openssl", "x509", "-req", "-in", csr] + signing + ["-set_serial", str(int(uuid.uuid4().int % 2 ** 62)),
+         "-out", cert, "-days", "30", "-extfile", config, "-extensions", extensions])
+    return cert, key
+
+
 class Pki:
-    """Certificates and keys under ``workdir``; ``ca_path`` trusts only the real CA."""
+    """Certificates, keys and CRLs under ``workdir``. ``ca_path`` trusts the real CA and a second, unrelated
+    CA (as an IGTF bundle holds many), each with its CRL; not the rogue CA that carries the real CA's name.
+
+    * ``endorser``: the VO's endorser, issued by the real CA (pinned in ``endorsers()``);
+    * ``rogue``: another DN from the real CA; ``revoked``: the endorser's DN from the real CA, revoked;
+    * ``impostor``: the endorser's DN from the rogue CA (not trusted at all);
+    * ``chained_impostor`` (sign with ``chain=[pki.impostor_ca.cert]``): the endorser's DN from an
+      intermediate carrying the real CA's DN, issued by the *trusted* second CA.
+    """
 
     def __init__(self, workdir):
         self.dir = workdir
@@ -65,34 +168,30 @@ class Pki:
         self.config = os.path.join(workdir, "openssl.cnf")
         with open(self.config, "w") as handle:
             handle.write(_EXTENSIONS)
-        self.ca = self._ca("ca", CA_DN)
-        self.rogue_ca = self._ca("rogue-ca", CA_DN)  # same subject, different key: not in ca_path
-        self.endorser = self._signer("endorser", ENDORSER_DN, self.ca)
-        self.rogue = self._signer("rogue", ROGUE_DN, self.ca)
-        self.impostor = self._signer("impostor", ENDORSER_DN, self.rogue_ca)
+        self.authority = Authority(workdir, "ca", CA_DN, self.config)
+        self.ca = self.authority.pair
+        self.other_ca = Authority(workdir, "other-ca", OTHER_CA_DN, self.config)
+        self.rogue_ca = Authority(workdir, "rogue-ca", CA_DN, self.config).pair  # same subject, not in ca_path
+        self.endorser = self.authority.issue(workdir, "endorser", ENDORSER_DN)
+        self.rogue = self.authority.issue(workdir, "rogue", ROGUE_DN)
+        self.revoked = self.authority.issue(workdir, "revoked", ENDORSER_DN)
+        self.authority.revoke(self.revoked[0])
+        self.impostor = _certificate(workdir, "impostor", ENDORSER_DN, self.config, "v3_signer", self.rogue_ca)
+        self.impostor_ca = Authority(workdir, "impostor-ca", CA_DN, self.config, issuer=self.other_ca.pair)
+        self.chained_impostor = self.impostor_ca.issue(workdir, "chained-impostor", ENDORSER_DN)
         self.ca_path = os.path.join(workdir, "certificates")
         os.makedirs(self.ca_path, exist_ok=True)
-        with open(os.path.join(self.ca_path, "skygrid-test-ca.pem"), "w") as out, open(self.ca[0]) as src:
-            out.write(src.read())
-        _run(["openssl", "rehash", self.ca_path])
+        self.authority.install(self.ca_path)
+        self.other_ca.install(self.ca_path)
 
-    def _ca(self, name, dn):
-        cert, key = os.path.join(self.dir, name + ".pem"), os.path.join(self.dir, name + ".key")
-        _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-              "-subj", dn, "-days", "30", "-config", self.config, "-extensions", "v3_ca"])
-        return cert, key
-
-    def _signer(self, name, dn, issuer):
-        cert, key, csr = (os.path.join(self.dir, name + ext) for ext in (".pem", ".key", ".csr"))
-        _run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", dn,
-              "-config", self.config])
-        _run(["openssl", "x509", "-req", "-in", csr, "-CA", issuer[0], "-CAkey", issuer[1], "-set_serial",
-              str(int(uuid.uuid4().int % 2 ** 62)), "-out", cert, "-days", "30", "-extfile", self.config,
-              "-extensions", "v3_signer"])
-        return cert, key
-
-    def endorsers(self):
-        return [{"dn": ENDORSER_DN, "ca": CA_DN}]
+    def endorsers(self, pin="ca_sha256"):
+        """The VO's endorser as a site configures it, its CA pinned by fingerprint (or ``pin="ca_cert"``)."""
+        endorser = {"dn": ENDORSER_DN, "ca": CA_DN}
+        if pin == "ca_sha256":
+            endorser["ca_sha256"] = sha256_fingerprint(self.ca[0])
+        elif pin == "ca_cert":
+            endorser["ca_cert"] = self.ca[0]
+        return [endorser]
 
 
 def _time(delta):
@@ -128,9 +227,19 @@ def image_list(images, expires_in=datetime.timedelta(days=7), created_ago=dateti
     return json.dumps(document, indent=2)
 
 
-def sign(text, signer):
-    """S/MIME-sign ``text`` as ``openssl smime -sign`` does (detached, multipart/signed)."""
-    return _run(["openssl", "smime", "-sign", "-signer", signer[0], "-inkey", signer[1]], input=text.encode())
+def sign(text, signer, chain=None):
+    """S/MIME-sign ``text`` as ``openssl smime -sign`` does (detached, multipart/signed); ``chain``: more
+    certificates to carry in the signature (intermediate CAs)."""
+    extra = []
+    if chain:
+        bundle = signer[0] + ".chain"
+        with open(bundle, "w") as out:
+            for path in chain:
+                with open(path) as src:
+                    out.write(src.read())
+        extra = ["-certfile", bundle]
+    return _run(["openssl", "smime", "-sign", "-signer", signer[0], "-inkey", signer[1]] + extra,
+                input=text.encode())
 
 
 def tamper(signed, old, new):

@@ -109,14 +109,15 @@ class Env:
         kwargs.setdefault("fmt", "raw" if name.endswith(".raw") else "qcow2")
         return image_entry(identifier, self.url(name), self.files[name], **kwargs)
 
-    def publish(self, list_name, entries, signer=None, raw=None, **kwargs):
-        """Serve a list signed by the endorser (or ``signer``); ``raw`` serves those bytes instead."""
-        data = raw if raw is not None else sign(image_list(entries, **kwargs), signer or self.pki.endorser)
+    def publish(self, list_name, entries, signer=None, raw=None, chain=None, **kwargs):
+        """Serve a list signed by the endorser (or ``signer``, carrying ``chain``); ``raw`` serves those bytes instead."""
+        data = raw if raw is not None else sign(image_list(entries, **kwargs), signer or self.pki.endorser, chain)
         return self.server.add_bytes(list_name, data, self.dir)
 
     def args(self, list_url=None, **args):
+        # The lists are served over http from 127.0.0.1: allow_http is the consent that needs.
         base = {"uri": URI, "pool": POOL, "vo": VO, "endorsers": self.pki.endorsers(), "ca_path": self.pki.ca_path,
-                "provenance_log": self.log}
+                "provenance_log": self.log, "allow_http": True}
         if list_url:
             base["list_url"] = list_url
         base.update(args)
@@ -200,7 +201,7 @@ def log_events(env):
 
 def test_image_list_module_returns_the_verified_images(env):
     url = env.publish("good.list", [env.entry("a1.qcow2", "img-a", title="Worker"), env.entry("b.raw", "img-b")])
-    args = {"url": url, "endorsers": env.pki.endorsers(), "ca_path": env.pki.ca_path}
+    args = {"url": url, "endorsers": env.pki.endorsers(), "ca_path": env.pki.ca_path, "allow_http": True}
     for check in (False, True):
         result = ok(run_module("image_list", args, check=check))
         assert result["changed"] is False
@@ -220,7 +221,13 @@ def bad_lists(env):
                      "does not verify against its content"),
         "wrong signer": (env.publish("rogue.list", entries, signer=env.pki.rogue), "endorsers",
                          "not an endorser of this VO"),
-        "untrusted CA": (env.publish("impostor.list", entries, signer=env.pki.impostor), "ca_path", "is not trusted"),
+        "untrusted CA": (env.publish("impostor.list", entries, signer=env.pki.impostor), "endorsers[0].ca_sha256",
+                         "not issued by the CA pinned"),
+        "impostor intermediate": (env.publish("chain.list", entries, signer=env.pki.chained_impostor,
+                                              chain=[env.pki.impostor_ca.cert]), "endorsers[0].ca_sha256",
+                                  "not issued by the CA pinned"),
+        "revoked": (env.publish("revoked.list", entries, signer=env.pki.revoked), "endorsers",
+                    "has a revoked certificate"),
         "expired": (env.publish("expired.list", entries, expires_in=-datetime.timedelta(hours=1)), "list_url",
                     "expired at"),
         "endorser mismatch": (env.publish("mismatch.list", entries, endorser_dn=ROGUE_DN), "list_url",
@@ -228,11 +235,12 @@ def bad_lists(env):
     }
 
 
-@pytest.mark.parametrize("case", ["unsigned", "tampered", "wrong signer", "untrusted CA", "expired",
-                                  "endorser mismatch"])
+@pytest.mark.parametrize("case", ["unsigned", "tampered", "wrong signer", "untrusted CA", "impostor intermediate",
+                                  "revoked", "expired", "endorser mismatch"])
 def test_bad_lists_are_refused_and_nothing_is_staged(env, pool, case):
     url, field, phrase = bad_lists(env)[case]
-    listed = run_module("image_list", {"url": url, "endorsers": env.pki.endorsers(), "ca_path": env.pki.ca_path})
+    listed = run_module("image_list", {"url": url, "endorsers": env.pki.endorsers(), "ca_path": env.pki.ca_path,
+                                       "allow_http": True})
     failed(listed, "url" if field == "list_url" else field, phrase)
     staged = run_module("vo_image", env.args(url, image="img-a"))
     failed(staged, field, phrase)
@@ -507,7 +515,7 @@ def test_role_stages_prunes_and_is_idempotent(env, pool, tmp_path):
     inventory = {"all": {"children": {"hypervisors": {"hosts": {"localhost": {
         "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}, "vars": {
         "fabric_image_pool": POOL, "fabric_libvirt_uri": URI, "fabric_ca_path": env.pki.ca_path,
-        "vo_images_provenance_log": env.log,
+        "vo_images_provenance_log": env.log, "fabric_image_lists_allow_http": True,
         "fabric_vos": {
             "atlas": {"trust_class": 2, "image_list_url": list_url, "endorsers": env.pki.endorsers(),
                       "images": [{"image": "Worker"}, {"image": "img-b"}], "vm_memory_mb": 2048},
