@@ -391,9 +391,13 @@ class VoImageModule(FabricModule):
                     raise FabricError("selects the same image (volume %s) as an earlier item" % item["volume"],
                                       field=item["field"])
             with self.lock(stager):
+                if verified is not None:
+                    stager.check_list(verified)
                 result["images"] = [stager.ensure(item) for item in items]
                 if params["prune"]:
                     result["pruned"], result["kept"] = stager.prune(keep, (params["trust_class"],))
+                if verified is not None and not self.module.check_mode:
+                    stager.remember_list(verified)
         if params["image"] is not None:
             result["image"] = result["images"][0]
         self.warn_all(stager)

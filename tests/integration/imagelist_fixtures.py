@@ -214,12 +214,12 @@ def image_entry(identifier, uri, path=None, size=None, sha512=None, version="1",
 
 
 def image_list(images, expires_in=datetime.timedelta(days=7), created_ago=datetime.timedelta(hours=1),
-               endorser_dn=ENDORSER_DN, ca_dn=CA_DN, identifier=None):
+               endorser_dn=ENDORSER_DN, ca_dn=CA_DN, identifier=None, list_version="1"):
     document = {"hv:imagelist": {
         "dc:identifier": identifier or str(uuid.uuid4()), "dc:title": "Skygrid test VO images",
         "dc:description": "made by the tests", "dc:date:created": _time(-created_ago),
         "dc:date:expires": _time(expires_in), "dc:source": "skygrid.test", "hv:uri": "http://127.0.0.1/test.list",
-        "hv:version": "1",
+        "hv:version": list_version,
         "hv:endorser": {"hv:x509": {"dc:creator": "Atlas Image Endorser", "hv:ca": ca_dn, "hv:dn": endorser_dn,
                                     "hv:email": "endorser@skygrid.test"}},
         "hv:images": images,

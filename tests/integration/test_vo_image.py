@@ -249,6 +249,27 @@ def test_bad_lists_are_refused_and_nothing_is_staged(env, pool, case):
     assert not os.path.exists(os.path.join(POOL_DIR, ".skygrid"))
 
 
+def test_an_older_list_is_refused_after_a_newer_one(env, pool):
+    """A replay: after version 3 of a list was staged, version 2 of the same list (still valid, three days
+    older) is served again. It must not stage its image beside version 3's."""
+    new = env.publish("replay.list", [env.entry("a2.qcow2", "img-r", version="3")], identifier="replayed-list",
+                      list_version="3")
+    ok(run_module("vo_image", env.args(new, image="img-r")))
+    with open(os.path.join(POOL_DIR, ".skygrid", "lists", "atlas.json")) as handle:
+        assert json.load(handle)["replayed-list"]["version"] == "3"
+    before = tree()
+    old = env.publish("replay.list", [env.entry("a1.qcow2", "img-r", version="2")], identifier="replayed-list",
+                      list_version="2", created_ago=datetime.timedelta(days=3))
+    for check in (True, False):
+        failed(run_module("vo_image", env.args(old, image="img-r", prune=True), check=check), "list_url",
+               "is older than the one accepted before", "hv:version 3")
+        assert tree() == before
+    assert volumes(pool) == ["atlas--img-r--3.qcow2"] or volumes(pool) == ["atlas-img-r-3.qcow2"]
+    # Another list of the VO (another identifier) is not compared with it.
+    other = env.publish("other.list", [env.entry("a1.qcow2", "img-o", version="1")], list_version="1")
+    ok(run_module("vo_image", env.args(other, image="img-o")))
+
+
 # ---------------------------------------------------------------- staging
 
 def test_check_mode_stage_and_idempotency(env, pool, lv):

@@ -351,6 +351,36 @@ def test_system_trust_store_is_not_used(pki, text, tmp_path):
     assert err.field == "ca_path" and "is not trusted" in str(err)
 
 
+# ---------------------------------------------------------------- replays
+
+SEEN = {"version": "3", "created": "2026-01-10T12:00:00Z", "url": "https://vo.example/list"}
+
+
+@pytest.mark.parametrize("version, created, refused_", [
+    ("3", "2026-01-10T12:00:00Z", False),   # the same list again
+    ("3", "2026-01-11T12:00:00Z", False),   # re-signed later (a new expiry), same version
+    ("4", "2026-01-12T12:00:00Z", False),   # the next list
+    ("2", "2026-01-07T12:00:00Z", True),    # the replay of the issue: version 2, three days older
+    ("2", "2026-01-12T12:00:00Z", True),    # an older version, whatever its date says
+    ("3", "2026-01-09T12:00:00Z", True),    # the same version made earlier
+    (None, "2026-01-09T12:00:00Z", True),   # no version: the date decides
+])
+def test_check_not_replayed(version, created, refused_):
+    parsed = {"identifier": "list-1", "version": version, "created": created, "url": "http://mirror/list"}
+    if not refused_:
+        image_list.check_not_replayed(parsed, SEEN, "/pool/.skygrid/lists/atlas.json", "list_url")
+        return
+    with pytest.raises(FabricError) as err:
+        image_list.check_not_replayed(parsed, SEEN, "/pool/.skygrid/lists/atlas.json", "list_url")
+    assert err.value.field == "list_url" and "is older than the one accepted before" in str(err.value)
+    assert "hv:version 3, created 2026-01-10T12:00:00Z" in str(err.value) and "lists/atlas.json" in str(err.value)
+
+
+def test_check_not_replayed_accepts_a_first_list():
+    image_list.check_not_replayed({"identifier": "x", "version": "1", "created": "2020-01-01T00:00:00Z",
+                                   "url": "u"}, None, "f", "list_url")
+
+
 # ---------------------------------------------------------------- fetching
 
 def test_fetch_limits_and_schemes(tmp_path):

@@ -211,6 +211,29 @@ def check_times(parsed, url, field, now=None):
                           "clock (NTP)" % (url, parsed["created"], format_time(now)), field=field)
 
 
+def accepted_entry(parsed):
+    """What is remembered of a list accepted for staging, to refuse an older one later."""
+    return {"version": parsed["version"], "created": parsed["created"], "url": parsed["url"]}
+
+
+def check_not_replayed(parsed, seen, where, field):
+    """Refuse a list older than ``seen``, the newest list with its identifier accepted before: by creation
+    time, or by ``hv:version`` when both give one. An old list stays validly signed until it expires, so
+    serving it again (a replay) would bring back images the VO has withdrawn."""
+    if not seen:
+        return
+    older = parse_time(parsed["created"], "dc:date:created") < parse_time(seen["created"], "dc:date:created")
+    if parsed["version"] and seen.get("version"):
+        older = older or version_key(parsed["version"]) < version_key(seen["version"])
+    if older:
+        raise FabricError("the image list at %s (dc:identifier %s, hv:version %s, created %s) is older than the one "
+                          "accepted before (hv:version %s, created %s, from %s): an old list served again (a replay) "
+                          "is refused; nothing was staged or pruned. Check the list URL (a stale mirror?); if the VO "
+                          "really went back to an older list, remove its entry from %s"
+                          % (parsed["url"], parsed["identifier"], parsed["version"], parsed["created"],
+                             seen.get("version"), seen["created"], seen.get("url"), where), field=field)
+
+
 # ---------------------------------------------------------------- fetching
 
 def check_url(url, field):

@@ -9,6 +9,7 @@ Layout of a pool directory ``P`` (type dir, fs or netfs)::
     P/.skygrid/staging/<volume>.<sha>.part   downloads in progress (kept to resume an interrupted one)
     P/.skygrid/staging/<volume>.tmp          a raw image being converted to qcow2
     P/.skygrid/provenance/<volume>.provenance.json   one record per published volume
+    P/.skygrid/lists/<vo>.json               the newest image list accepted per list identifier (no replays)
 
 libvirt lists every entry of a directory pool as a volume, so the bookkeeping lives in one hidden
 subdirectory (listed as the single ``dir`` volume ``.skygrid``, whose files are not volumes). It is
@@ -56,10 +57,12 @@ class PoolStore:
         self.state_dir = os.path.join(self.path, STATE_DIR)
         self.staging = os.path.join(self.state_dir, "staging")
         self.provenance_dir = os.path.join(self.state_dir, "provenance")
+        self.lists_dir = os.path.join(self.state_dir, "lists")
         self.warnings = []
 
     def ensure_dirs(self):
-        for path, mode in ((self.state_dir, 0o755), (self.staging, 0o700), (self.provenance_dir, 0o755)):
+        for path, mode in ((self.state_dir, 0o755), (self.staging, 0o700), (self.provenance_dir, 0o755),
+                           (self.lists_dir, 0o755)):
             if not os.path.isdir(path):
                 os.mkdir(path, mode)
                 os.chmod(path, mode)
@@ -103,16 +106,33 @@ class PoolStore:
         return result
 
     def write_record(self, record):
-        path = self.provenance_path(record["volume"])
-        tmp = path + ".tmp"
-        with open(tmp, "w") as handle:
-            json.dump(record, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-        fsync_path(self.provenance_dir)
+        write_json(self.provenance_path(record["volume"]), record)
+
+    def lists_path(self, vo):
+        return os.path.join(self.lists_dir, vo + ".json")
+
+    def accepted_lists(self, vo):
+        """``{list identifier: {version, created, url, accepted_at}}``: the newest list of each identifier this
+        pool accepted for ``vo`` (what a replayed older list is compared with)."""
+        path = self.lists_path(vo)
+        try:
+            with open(path) as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise FabricError("the record of the image lists accepted for VO %s (%s) is unreadable (%s): without it "
+                              "an old list could be replayed. Restore it, or remove it to accept the current list "
+                              "afresh" % (vo, path, exc), field="list_url")
+        return data if isinstance(data, dict) else {}
+
+    def remember_list(self, vo, identifier, entry):
+        lists = self.accepted_lists(vo)
+        if lists.get(identifier) == entry:
+            return
+        lists[identifier] = entry
+        self.ensure_dirs()
+        write_json(self.lists_path(vo), lists)
 
     def remove_record(self, volume):
         with contextlib.suppress(FileNotFoundError):
@@ -127,6 +147,19 @@ class PoolStore:
                 yield
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def write_json(path, data):
+    """Write ``data`` to ``path`` whole or not at all: a synced temporary file renamed over it."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, path)
+    fsync_path(os.path.dirname(path))
 
 
 def fsync_path(path):

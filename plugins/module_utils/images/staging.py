@@ -195,6 +195,17 @@ class ImageStager:
             "host": self.host,
         }
 
+    # ------------------------------------------------------------ replays
+
+    def check_list(self, verified, field="list_url"):
+        """Refuse a list older than the newest of its identifier this pool accepted for the VO."""
+        seen = self.store.accepted_lists(self.vo).get(verified["identifier"])
+        image_list.check_not_replayed(verified, seen, self.store.lists_path(self.vo), field)
+
+    def remember_list(self, verified):
+        """Record ``verified`` as the newest list of its identifier (bookkeeping: not a change of the pool)."""
+        self.store.remember_list(self.vo, verified["identifier"], image_list.accepted_entry(verified))
+
     # ------------------------------------------------------------ present
 
     def ensure(self, item):
