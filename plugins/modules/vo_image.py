@@ -25,7 +25,7 @@ description:
     only qcow2 and raw are staged, a qcow2 that names a backing file or an external data file is
     refused, and a format other than the one declared is refused. A raw image is converted to qcow2.
     The volume is made read-only (0444), its provenance record written, and it is published by an
-    atomic rename under its final name, C(<vo>-<image id>[-<version>].qcow2); then the pool is refreshed.
+    atomic rename under its final name, C(<vo>+<image id>[+<version>].qcow2) (no part may hold C(+), so two images never share a name); then the pool is refreshed.
   - Any refusal leaves nothing under the final name and no partial file, except an interrupted
     download, which is kept in the staging directory and resumed by the next run.
   - A volume already staged with the same VO, image id, version and sha512 is left alone
@@ -259,9 +259,9 @@ image:
     image_id: 6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4
     title: CernVM 4.8 worker
     version: "4.8.2"
-    volume: atlas-6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4-4.8.2.qcow2
+    volume: atlas+6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4+4.8.2.qcow2
     pool: vo-images
-    path: /var/lib/libvirt/images/vo/atlas-6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4-4.8.2.qcow2
+    path: /var/lib/libvirt/images/vo/atlas+6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4+4.8.2.qcow2
     trust_class: 2
     changed: true
     provenance:
@@ -306,7 +306,7 @@ kept:
   returned: always
   type: list
   elements: dict
-  sample: [{volume: atlas-old-1.qcow2, users: ["VM wn042-atlas-1"]}]
+  sample: [{volume: atlas+old+1.qcow2, users: ["VM wn042-atlas-1"]}]
 """
 
 import contextlib

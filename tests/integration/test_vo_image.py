@@ -245,7 +245,7 @@ def test_bad_lists_are_refused_and_nothing_is_staged(env, pool, case):
     staged = run_module("vo_image", env.args(url, image="img-a"))
     failed(staged, field, phrase)
     assert staged["changed"] is False
-    assert_nothing_staged(pool, "atlas-img-a-1.qcow2")
+    assert_nothing_staged(pool, "atlas+img-a+1.qcow2")
     assert not os.path.exists(os.path.join(POOL_DIR, ".skygrid"))
 
 
@@ -264,7 +264,7 @@ def test_an_older_list_is_refused_after_a_newer_one(env, pool):
         failed(run_module("vo_image", env.args(old, image="img-r", prune=True), check=check), "list_url",
                "is older than the one accepted before", "hv:version 3")
         assert tree() == before
-    assert volumes(pool) == ["atlas--img-r--3.qcow2"] or volumes(pool) == ["atlas-img-r-3.qcow2"]
+    assert volumes(pool) == ["atlas+img-r+3.qcow2"]
     # Another list of the VO (another identifier) is not compared with it.
     other = env.publish("other.list", [env.entry("a1.qcow2", "img-o", version="1")], list_version="1")
     ok(run_module("vo_image", env.args(other, image="img-o")))
@@ -277,7 +277,7 @@ def test_check_mode_stage_and_idempotency(env, pool, lv):
     args = env.args(url, image="Worker")
     before = tree()
     planned = ok(run_module("vo_image", args, check=True, diff=True))
-    volume = "atlas-img-a-1.0.qcow2"
+    volume = "atlas+img-a+1.0.qcow2"
     assert planned["changed"] is True and planned["actions"] == [
         "stage %s/%s from %s (sha512 %s...)" % (POOL, volume, env.url("a1.qcow2"), sha512_of(env.files["a1.qcow2"])[:16])]
     assert planned["diff"]["before"] == {} and planned["diff"]["after"][volume]["image_id"] == "img-a"
@@ -317,7 +317,7 @@ def test_raw_image_is_converted_to_qcow2(env, pool):
     staged = ok(run_module("vo_image", env.args(url, image="img-b")))
     volume = staged["image"]["volume"]
     path = os.path.join(POOL_DIR, volume)
-    assert volume == "atlas-img-b-1.qcow2" and volumes(pool) == [volume]
+    assert volume == "atlas+img-b+1.qcow2" and volumes(pool) == [volume]
     record = staged["image"]["provenance"]
     assert record["source_format"] == "raw" and record["converted"] is True and record["declared_format"] == "raw"
     assert record["sha512"] == sha512_of(env.files["b.raw"])  # the endorsed bytes, before conversion
@@ -331,25 +331,25 @@ def test_newest_version_by_title_and_prune(env, pool):
     first = env.publish("p1.list", [env.entry("a1.qcow2", "img-a", title="Worker", version="1"),
                                     env.entry("b.raw", "img-b", title="Other")])
     ok(run_module("vo_image", env.args(first, images=[{"image": "Worker"}, {"image": "Other"}])))
-    assert volumes(pool) == ["atlas-img-a-1.qcow2", "atlas-img-b-1.qcow2"]
+    assert volumes(pool) == ["atlas+img-a+1.qcow2", "atlas+img-b+1.qcow2"]
     # The VO releases version 2 of the worker and withdraws the other image.
     second = env.publish("p2.list", [env.entry("a1.qcow2", "img-a", title="Worker", version="1"),
                                      env.entry("a2.qcow2", "img-a", title="Worker", version="2")])
     planned = ok(run_module("vo_image", env.args(second, image="Worker", prune=True), check=True))
-    assert planned["images"][0]["volume"] == "atlas-img-a-2.qcow2"
-    assert planned["pruned"] == ["atlas-img-b-1.qcow2"]  # version 1 is still in the list: kept
-    assert volumes(pool) == ["atlas-img-a-1.qcow2", "atlas-img-b-1.qcow2"]
+    assert planned["images"][0]["volume"] == "atlas+img-a+2.qcow2"
+    assert planned["pruned"] == ["atlas+img-b+1.qcow2"]  # version 1 is still in the list: kept
+    assert volumes(pool) == ["atlas+img-a+1.qcow2", "atlas+img-b+1.qcow2"]
     result = ok(run_module("vo_image", env.args(second, image="Worker", prune=True)))
-    assert result["pruned"] == ["atlas-img-b-1.qcow2"] and result["kept"] == []
-    assert volumes(pool) == ["atlas-img-a-1.qcow2", "atlas-img-a-2.qcow2"]
-    assert not os.path.exists(os.path.join(PROVENANCE, "atlas-img-b-1.qcow2.provenance.json"))
+    assert result["pruned"] == ["atlas+img-b+1.qcow2"] and result["kept"] == []
+    assert volumes(pool) == ["atlas+img-a+1.qcow2", "atlas+img-a+2.qcow2"]
+    assert not os.path.exists(os.path.join(PROVENANCE, "atlas+img-b+1.qcow2.provenance.json"))
     # Version 1 withdrawn too: pruned. A site image (class 1) of the VO is never pruned by the list.
     third = env.publish("p3.list", [env.entry("a2.qcow2", "img-a", title="Worker", version="2")])
     ok(run_module("vo_image", env.args(trust_class=1, image="site-img", image_url=env.url("b.raw"),
                                        sha512=sha512_of(env.files["b.raw"]), size=3 * MIB)))
     result = ok(run_module("vo_image", env.args(third, prune=True)))
-    assert result["pruned"] == ["atlas-img-a-1.qcow2"] and result["images"] == []
-    assert volumes(pool) == ["atlas-img-a-2.qcow2", "atlas-site-img.qcow2"]
+    assert result["pruned"] == ["atlas+img-a+1.qcow2"] and result["images"] == []
+    assert volumes(pool) == ["atlas+img-a+2.qcow2", "atlas+site-img.qcow2"]
     assert ok(run_module("vo_image", env.args(third, image="Worker", prune=True)))["changed"] is False
     assert [event["event"] for event in log_events(env)][-2:] == ["staged", "pruned"]
 
@@ -360,7 +360,7 @@ def test_site_and_user_image_trust_classes(env, pool):
     site = ok(run_module("vo_image", env.args(trust_class=1, **pinned)))
     record = site["image"]["provenance"]
     assert record["trust_class"] == 1 and record["endorser_dn"] is None and record["list_id"] is None
-    assert volumes(pool) == ["atlas-el9-worker-2026.01.qcow2"]
+    assert volumes(pool) == ["atlas+el9-worker+2026.01.qcow2"]
     refused = run_module("vo_image", env.args(trust_class=3, **dict(pinned, image="mine")))
     failed(refused, "trust_class", "fabric_allow_user_images: true")
     user = ok(run_module("vo_image", env.args(trust_class=3, allow_user_images=True, **dict(pinned, image="mine"))))
@@ -375,7 +375,7 @@ def test_site_and_user_image_trust_classes(env, pool):
     failed(run_module("vo_image", env.args(trust_class=2, image="img-a")), "list_url", "is required for trust_class 2")
     wrong = run_module("vo_image", env.args(trust_class=1, **dict(pinned, image="y", sha512="00" * 64)))
     failed(wrong, "image", "altered or damaged", "the inventory pins (sha512)")
-    assert volumes(pool) == ["atlas-el9-worker-2026.01.qcow2", "atlas-mine-2026.01.qcow2"]
+    assert volumes(pool) == ["atlas+el9-worker+2026.01.qcow2", "atlas+mine+2026.01.qcow2"]
 
 
 # ---------------------------------------------------------------- refusals: nothing staged
@@ -384,13 +384,13 @@ def test_tampered_image_is_refused(env, pool):
     other_sha = sha512_of(env.files["a2.qcow2"])  # the list vouches for a2, the server sends a1
     url = env.publish("t.list", [env.entry("a1.qcow2", "img-a", sha512=other_sha)])
     failed(run_module("vo_image", env.args(url, image="img-a")), "image", "altered or damaged", "nothing was staged")
-    assert_nothing_staged(pool, "atlas-img-a-1.qcow2")
+    assert_nothing_staged(pool, "atlas+img-a+1.qcow2")
 
 
 def test_qcow2_with_a_backing_file_is_refused(env, pool):
     url = env.publish("evil.list", [env.entry("evil.qcow2", "img-evil")])
     failed(run_module("vo_image", env.args(url, image="img-evil")), "image", "names a backing file (/etc/hostname)")
-    assert_nothing_staged(pool, "atlas-img-evil-1.qcow2")
+    assert_nothing_staged(pool, "atlas+img-evil+1.qcow2")
 
 
 def test_format_other_than_declared_is_refused(env, pool):
@@ -448,22 +448,57 @@ def test_cut_off_download_is_resumed_by_the_next_run(env, pool):
     finally:
         env.server.set_mode("c.qcow2", "normal")
     failed(cut, "image", "next run resumes it")
-    assert_nothing_staged(pool, "atlas-img-c-1.qcow2", partial_kept=True)
+    assert_nothing_staged(pool, "atlas+img-c+1.qcow2", partial_kept=True)
     kept = os.path.getsize(glob.glob(os.path.join(STAGING, "*.part"))[0])
     assert 0 < kept <= os.path.getsize(env.files["c.qcow2"]) // 2
     staged = ok(run_module("vo_image", env.args(url, image="img-c")))
-    assert staged["changed"] and volumes(pool) == ["atlas-img-c-1.qcow2"]
+    assert staged["changed"] and volumes(pool) == ["atlas+img-c+1.qcow2"]
     assert [request["range"] for request in env.server.requests if request["path"] == "/c.qcow2"][-1] == "bytes=%d-" % kept
-    assert sha512_of(os.path.join(POOL_DIR, "atlas-img-c-1.qcow2")) == sha512_of(env.files["c.qcow2"])
+    assert sha512_of(os.path.join(POOL_DIR, "atlas+img-c+1.qcow2")) == sha512_of(env.files["c.qcow2"])
     assert glob.glob(os.path.join(STAGING, "*")) == []
 
 
 def test_a_volume_not_staged_here_is_never_taken_over(env, pool):
-    pool.createXML("<volume><name>atlas-img-a-1.qcow2</name><capacity>1048576</capacity>"
+    pool.createXML("<volume><name>atlas+img-a+1.qcow2</name><capacity>1048576</capacity>"
                    "<target><format type='qcow2'/></target></volume>", 0)
     url = env.publish("f.list", [env.entry("a1.qcow2", "img-a")])
     failed(run_module("vo_image", env.args(url, image="img-a")), "image", "without a provenance record")
-    assert os.path.getsize(os.path.join(POOL_DIR, "atlas-img-a-1.qcow2")) < MIB  # untouched
+    assert os.path.getsize(os.path.join(POOL_DIR, "atlas+img-a+1.qcow2")) < MIB  # untouched
+
+
+def test_a_volume_recorded_for_another_vo_is_never_replaced(env, pool):
+    """Under the old names ('-' joined parts holding '-') VO atlas-prod's image 'worker' 4.8 and VO atlas's
+    'prod-worker' 4.8 shared a volume; a record for another VO under the name is refused, never replaced."""
+    url = env.publish("v.list", [env.entry("a1.qcow2", "img-a")])
+    staged = ok(run_module("vo_image", env.args(url, image="img-a")))["image"]
+    record_path = os.path.join(PROVENANCE, staged["volume"] + ".provenance.json")
+    with open(record_path) as handle:
+        record = json.load(handle)
+    record["vo"] = "atlas-prod"
+    with open(record_path, "w") as handle:
+        json.dump(record, handle)
+    before = tree()
+    env.publish("v.list", [env.entry("a2.qcow2", "img-a")])  # new bytes under the same version
+    failed(run_module("vo_image", env.args(url, image="img-a")), "image", "is recorded for VO atlas-prod",
+           "never replaced")
+    assert tree() == before
+
+
+def test_an_image_staged_under_an_old_name_is_staged_again_and_pruned(env, pool):
+    url = env.publish("o.list", [env.entry("a1.qcow2", "img-a")])
+    staged = ok(run_module("vo_image", env.args(url, image="img-a")))["image"]
+    old = "atlas-img-a-1.qcow2"  # the name the previous release gave it
+    os.rename(staged["path"], os.path.join(POOL_DIR, old))
+    record_path = os.path.join(PROVENANCE, staged["volume"] + ".provenance.json")
+    with open(record_path) as handle:
+        record = json.load(handle)
+    os.unlink(record_path)
+    record.update(volume=old, path=os.path.join(POOL_DIR, old))
+    with open(os.path.join(PROVENANCE, old + ".provenance.json"), "w") as handle:
+        json.dump(record, handle)
+    pool.refresh(0)
+    result = ok(run_module("vo_image", env.args(url, image="img-a", prune=True)))
+    assert result["pruned"] == [old] and volumes(pool) == ["atlas+img-a+1.qcow2"]
 
 
 def test_a_staged_volume_changed_on_disk_is_reported(env, pool):
@@ -551,7 +586,7 @@ def test_role_stages_prunes_and_is_idempotent(env, pool, tmp_path):
     changed, output = playbook(path, "--check", "--diff")
     assert changed == 1 and tree() == before and volumes(pool) == [], output  # one task, two VOs
     changed, output = playbook(path)
-    assert changed == 1 and volumes(pool) == ["atlas-img-a-1.qcow2", "atlas-img-b-1.qcow2", "ops-site-img.qcow2"]
+    assert changed == 1 and volumes(pool) == ["atlas+img-a+1.qcow2", "atlas+img-b+1.qcow2", "ops+site-img.qcow2"]
     changed, output = playbook(path)
     assert changed == 0, output
     # The VO withdraws img-b: the next run prunes it and leaves the rest alone.
@@ -560,5 +595,5 @@ def test_role_stages_prunes_and_is_idempotent(env, pool, tmp_path):
     with open(path, "w") as handle:
         json.dump(inventory, handle)
     changed, output = playbook(path)
-    assert changed == 1 and volumes(pool) == ["atlas-img-a-1.qcow2", "ops-site-img.qcow2"], output
+    assert changed == 1 and volumes(pool) == ["atlas+img-a+1.qcow2", "ops+site-img.qcow2"], output
     assert [event["event"] for event in log_events(env)] == ["staged", "staged", "staged", "pruned"]

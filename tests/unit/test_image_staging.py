@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.lifecycle import owned_volume_pattern
 from ansible_collections.skygrid.fabric.plugins.module_utils.images import download, formats, names, pool_store, staging
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
@@ -24,21 +25,43 @@ needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qe
 # ---------------------------------------------------------------- names and trust
 
 @pytest.mark.parametrize("vo, image_id, version, expected", [
-    ("atlas", "6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4", "4.8.2", "atlas-6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4-4.8.2.qcow2"),
-    ("vo.example.org", "cernvm_4", None, "vo.example.org-cernvm_4.qcow2"),
-    ("lhcb", "img", "", "lhcb-img.qcow2"),
-    ("a", "b+c", "1", "a-b+c-1.qcow2"),
+    ("atlas", "6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4", "4.8.2", "atlas+6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4+4.8.2.qcow2"),
+    ("vo.example.org", "cernvm_4", None, "vo.example.org+cernvm_4.qcow2"),
+    ("lhcb", "img", "", "lhcb+img.qcow2"),
 ])
 def test_volume_name(vo, image_id, version, expected):
     assert names.volume_name(vo, image_id, version) == expected
 
 
 @pytest.mark.parametrize("image_id", ["../../etc/passwd", "a/b", ".hidden", "..", "a..b", "", None, "x" * 129,
-                                      "img\x00", "img\n", "-lead", "trail-", "sp ace", "\u00e9t\u00e9", "/abs"])
+                                      "img\x00", "img\n", "-lead", "trail-", "sp ace", "\u00e9t\u00e9", "/abs", "b+c"])
 def test_volume_name_refuses_anything_that_could_escape_the_pool(image_id):
     with pytest.raises(FabricError) as err:
         names.volume_name("atlas", image_id, "1", field="images[3].image")
     assert err.value.field == "images[3].image" and "could escape the pool directory" in str(err.value)
+
+
+@pytest.mark.parametrize("first, second", [
+    (("atlas", "prod-worker", "4.8"), ("atlas-prod", "worker", "4.8")),
+    (("atlas", "img-1", None), ("atlas", "img", "1")),
+    (("atlas", "img", "1.0-2"), ("atlas", "img-1.0", "2")),
+])
+def test_volume_names_are_unambiguous(first, second):
+    assert names.volume_name(*first) != names.volume_name(*second)
+
+
+@pytest.mark.parametrize("vo, image_id, version", [
+    ("atlas", "vdb", None), ("atlas", "img", "vdb"), ("atlas", "x-vdb", None), ("atlas", "cidata", None),
+    ("a-b", "c-vda", "1-vdb"),
+])
+def test_vm_removal_never_sweeps_a_staged_image(vo, image_id, version):
+    """VM removal deletes volumes named like the VM's own overlays and seed; no VM name makes that pattern
+    match a staged image, whatever prefix of the image's name the VM is called."""
+    volume = names.volume_name(vo, image_id, version)
+    for cut in range(1, len(volume)):
+        vm_name = volume[:cut]
+        if vm_spec.NAME_RE.match(vm_name):
+            assert not owned_volume_pattern(vm_name).match(volume), (vm_name, volume)
 
 
 def test_volume_name_checks_vo_and_version_too():

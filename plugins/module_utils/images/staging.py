@@ -222,6 +222,12 @@ class ImageStager:
             raise FabricError("volume '%s' exists in pool '%s' without a provenance record: it was not staged by "
                               "skygrid.fabric.vo_image, so it cannot be trusted as image %s. Remove or rename it"
                               % (volume, self.store.name, item["image_id"]), field=field)
+        if vol is not None and (record.get("vo"), record.get("image_id")) != (self.vo, item["image_id"]):
+            raise FabricError("volume '%s' in pool '%s' is recorded for VO %s image %s, not VO %s image %s; it is never "
+                              "replaced by another VO's or another image's (a name made before names were "
+                              "unambiguous?). Remove it (vo_image state: absent for its VO) once no VM uses it"
+                              % (volume, self.store.name, record.get("vo"), record.get("image_id"), self.vo,
+                                 item["image_id"]), field=field)
         if vol is not None and self._same_image(record, item):
             self._check_unchanged(record, path, field)
             result["provenance"] = record
@@ -356,7 +362,8 @@ class ImageStager:
         for record in self.store.records():
             if record.get("vo") != self.vo or record.get("trust_class") not in trust_classes:
                 continue
-            if (record.get("image_id"), record.get("image_version"), record.get("sha512")) in keep:
+            if (record.get("image_id"), record.get("image_version"), record.get("sha512")) in keep \
+                    and record.get("volume") == self._canonical_name(record):
                 continue
             users = users_of(self.conn, self.store, record["volume"])
             if users:
@@ -364,6 +371,14 @@ class ImageStager:
             else:
                 candidates.append(record)
         return self.remove(candidates, event="pruned"), kept
+
+    def _canonical_name(self, record):
+        """The name a record's image is staged under now (None when its parts are no longer valid): an image
+        staged under an older naming scheme is staged again under this one, and the old volume pruned."""
+        try:
+            return volume_name(record.get("vo"), record.get("image_id"), record.get("image_version"))
+        except FabricError:
+            return None
 
     def log(self, event, record):
         """Append one JSON line to the site's provenance log."""
