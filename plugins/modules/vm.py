@@ -126,6 +126,13 @@ options:
       bridge:
         description: Host bridge to attach to (instead of O(nics[].network)).
         type: str
+      user:
+        description:
+          - User-mode networking (QEMU's own NAT, no host network set-up, no root), instead of
+            O(nics[].network) or O(nics[].bridge); what C(qemu:///session) on a desktop has. Takes no
+            O(nics[].ip) or O(nics[].filter).
+        type: bool
+        default: false
       mac:
         description:
           - MAC address. Left out, an existing interface keeps its MAC, and a new one gets a MAC

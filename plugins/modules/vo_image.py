@@ -25,7 +25,8 @@ description:
     only qcow2 and raw are staged, a qcow2 that names a backing file or an external data file is
     refused, and a format other than the one declared is refused. A raw image is converted to qcow2.
     The volume is made read-only (0444), its provenance record written, and it is published by an
-    atomic rename under its final name, C(<vo>+<image id>[+<version>].qcow2) (no part may hold C(+), so two images never share a name); then the pool is refreshed.
+    atomic rename under its final name, C(<vo>+<image id>[+<version>].qcow2) (no part may hold
+    C(+), so two images never share a name); then the pool is refreshed.
   - Any refusal leaves nothing under the final name and no partial file, except an interrupted
     download, which is kept in the staging directory and resumed by the next run.
   - A volume already staged with the same VO, image id, version and sha512 is left alone

@@ -39,20 +39,14 @@ def ensure_pki(directory):
     pki_dir = os.path.join(directory, "pki")
     marker = os.path.join(pki_dir, "done")
     ca_path = os.path.join(directory, "certificates")
-    os.makedirs(pki_dir, exist_ok=True)
-    os.makedirs(ca_path, exist_ok=True)
-    config = os.path.join(pki_dir, "openssl.cnf")
-    with open(config, "w") as handle:
-        handle.write(fixtures._EXTENSIONS)  # pylint: disable=protected-access
-    ca = fixtures.Authority(pki_dir, "ca", CA_DN, config)  # an earlier run's CA is kept
+    certificates = fixtures.Certificates(pki_dir)
+    ca = certificates.ca("ca", CA_DN)  # an earlier run's CA is kept
     if not os.path.exists(marker):
         for vo in VOS:
-            ca.issue(pki_dir, "endorser-" + vo, endorser_dn(vo))
-        with open(os.path.join(ca_path, CA_FILE), "w") as out, open(ca.cert) as src:
-            out.write(src.read())
-        subprocess.run(["openssl", "rehash", ca_path], check=True)
+            certificates.signer("endorser-" + vo, endorser_dn(vo), ca)
+        certificates.trust(ca_path, ca, CA_FILE)
         open(marker, "w").close()
-    ca.ensure_crl(ca_path)
+    certificates.ensure_crl(ca_path, ca)
     return {vo: (os.path.join(pki_dir, "endorser-%s.pem" % vo), os.path.join(pki_dir, "endorser-%s.key" % vo))
             for vo in VOS}
 

@@ -75,92 +75,10 @@ def sha256_fingerprint(cert_path):
     return out.strip().partition("=")[2]
 
 
-class Authority:
-    """A CA made with openssl: its certificate and key (``pair``), what it issues, its CRL."""
-
-    def __init__(self, directory, name, dn, config, issuer=None):
-        """A new CA, or the one an earlier run made in ``directory`` (its certificate and key are kept)."""
-        self.dir = os.path.join(directory, name + ".ca")
-        self.config = config
-        self.dn = dn
-        os.makedirs(self.dir, exist_ok=True)
-        cert, key = (os.path.join(directory, name + ext) for ext in (".pem", ".key"))
-        if os.path.exists(cert) and os.path.exists(key):
-            self.cert, self.key = cert, key
-        else:
-            self.cert, self.key = _certificate(directory, name, dn, config, "v3_ca", issuer)
-        self.pair = (self.cert, self.key)
-        self.database = os.path.join(self.dir, "ca.cnf")
-        with open(self.database, "w") as handle:
-            handle.write(_CA_DATABASE % {"dir": self.dir})
-        for path, text in (("index.txt", ""), ("crlnumber", "01\n")):
-            if not os.path.exists(os.path.join(self.dir, path)):
-                with open(os.path.join(self.dir, path), "w") as handle:
-                    handle.write(text)
-
-    def issue(self, directory, name, dn, extensions="v3_signer"):
-        return _certificate(directory, name, dn, self.config, extensions, self.pair)
-
-    def revoke(self, cert):
-        _run(["openssl", "ca", "-config", self.database, "-revoke", cert, "-keyfile", self.key, "-cert", self.cert])
-
-    def crl(self, path, next_update=None, last_update=None):
-        """Write this CA's CRL (PEM) to ``path``: valid 30 days, or between the given times (YYYYMMDDHHMMSSZ)."""
-        args = ["openssl", "ca", "-config", self.database, "-gencrl", "-keyfile", self.key, "-cert", self.cert,
-                "-out", path]
-        if next_update:
-            args += ["-crl_lastupdate", last_update, "-crl_nextupdate", next_update]
-        _run(args)
-        return path
-
-    def install(self, ca_path, with_crl=True):
-        """Put the certificate into ``ca_path`` (hashed) and its CRL as ``<hash>.r0``, as fetch-crl does."""
-        with open(os.path.join(ca_path, os.path.basename(self.cert)), "w") as out, open(self.cert) as src:
-            out.write(src.read())
-        _run(["openssl", "rehash", ca_path])
-        if with_crl:
-            self.crl(self.crl_path(ca_path))
-
-    def ensure_crl(self, ca_path, margin=datetime.timedelta(days=1)):
-        """Keep this CA's CRL in ``ca_path`` current, as fetch-crl would: renewed when missing or due within
-        ``margin``. True when it was written."""
-        path = self.crl_path(ca_path)
-        if os.path.exists(path):
-            out = _run(["openssl", "crl", "-in", path, "-noout", "-nextupdate"]).decode().strip()
-            due = datetime.datetime.strptime(out.partition("=")[2], "%b %d %H:%M:%S %Y %Z")
-            if due.replace(tzinfo=datetime.timezone.utc) > datetime.datetime.now(datetime.timezone.utc) + margin:
-                return False
-        self.crl(path)
-        return True
-
-    def crl_path(self, ca_path):
-        digest = _run(["openssl", "x509", "-in", self.cert, "-noout", "-subject_hash"]).decode().strip()
-        return os.path.join(ca_path, digest + ".r0")
-
-
-def _certificate(directory, name, dn, config, extensions, issuer):
-    cert, key, csr = (os.path.join(directory, name + ext) for ext in (".pem", ".key", ".csr"))
-    _run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key,
-          "-out", csr, "-subj", dn, "-config", config])
-    if issuer is None:  # self-signed
-        signing = ["-signkey", key]
-    else:
-        signing = ["-CA", issuer[0], "-CAkey", issuer[1]]
-    _run(["openssl", "x509", "-req", "-in", csr] + signing + ["-set_serial", str(int(uuid.uuid4().int % 2 ** 62)),
-         "-out", cert, "-days", "30", "-extfile", config, "-extensions", extensions])
-    return cert, key
-
-
-class Pki:
-    """Certificates, keys and CRLs under ``workdir``. ``ca_path`` trusts the real CA and a second, unrelated
-    CA (as an IGTF bundle holds many), each with its CRL; not the rogue CA that carries the real CA's name.
-
-    * ``endorser``: the VO's endorser, issued by the real CA (pinned in ``endorsers()``);
-    * ``rogue``: another DN from the real CA; ``revoked``: the endorser's DN from the real CA, revoked;
-    * ``impostor``: the endorser's DN from the rogue CA (not trusted at all);
-    * ``chained_impostor`` (sign with ``chain=[pki.impostor_ca.cert]``): the endorser's DN from an
-      intermediate carrying the real CA's DN, issued by the *trusted* second CA.
-    """
+class Certificates:
+    """The openssl recipes of a test or demo PKI under ``workdir``: CAs (self-signed, or intermediates), the
+    endorser (signer) certificates they issue, their revocations and CRLs, and a trusted-CA directory
+    (``ca_path``) the way IGTF and fetch-crl install one. Certificates are ``(cert, key)`` pairs of paths."""
 
     def __init__(self, workdir):
         self.dir = workdir
@@ -168,21 +86,112 @@ class Pki:
         self.config = os.path.join(workdir, "openssl.cnf")
         with open(self.config, "w") as handle:
             handle.write(_EXTENSIONS)
-        self.authority = Authority(workdir, "ca", CA_DN, self.config)
-        self.ca = self.authority.pair
-        self.other_ca = Authority(workdir, "other-ca", OTHER_CA_DN, self.config)
-        self.rogue_ca = Authority(workdir, "rogue-ca", CA_DN, self.config).pair  # same subject, not in ca_path
-        self.endorser = self.authority.issue(workdir, "endorser", ENDORSER_DN)
-        self.rogue = self.authority.issue(workdir, "rogue", ROGUE_DN)
-        self.revoked = self.authority.issue(workdir, "revoked", ENDORSER_DN)
-        self.authority.revoke(self.revoked[0])
-        self.impostor = _certificate(workdir, "impostor", ENDORSER_DN, self.config, "v3_signer", self.rogue_ca)
-        self.impostor_ca = Authority(workdir, "impostor-ca", CA_DN, self.config, issuer=self.other_ca.pair)
-        self.chained_impostor = self.impostor_ca.issue(workdir, "chained-impostor", ENDORSER_DN)
+
+    def ca(self, name, dn, issuer=None):
+        """A CA ``<name>.pem`` / ``<name>.key``, self-signed or issued by ``issuer`` (an intermediate); one an
+        earlier run made under ``workdir`` is kept. Returns (cert, key)."""
+        cert, key = os.path.join(self.dir, name + ".pem"), os.path.join(self.dir, name + ".key")
+        if os.path.exists(cert) and os.path.exists(key):
+            return cert, key
+        return self._issue(name, dn, "v3_ca", issuer)
+
+    def signer(self, name, dn, issuer):
+        """A signing (endorser) certificate issued by ``issuer``; returns (cert, key)."""
+        return self._issue(name, dn, "v3_signer", issuer)
+
+    def _issue(self, name, dn, extensions, issuer):
+        cert, key, csr = (os.path.join(self.dir, name + ext) for ext in (".pem", ".key", ".csr"))
+        _run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+              key, "-out", csr, "-subj", dn, "-config", self.config])
+        signing = ["-signkey", key] if issuer is None else ["-CA", issuer[0], "-CAkey", issuer[1]]
+        _run(["openssl", "x509", "-req", "-in", csr] + signing + ["-set_serial", str(int(uuid.uuid4().int % 2 ** 62)),
+             "-out", cert, "-days", "30", "-extfile", self.config, "-extensions", extensions])
+        return cert, key
+
+    def _database(self, ca):
+        """The ``openssl ca`` configuration of CA ``ca`` (its index of revoked certificates)."""
+        directory = ca[0] + ".db"
+        os.makedirs(directory, exist_ok=True)
+        for name, text in (("index.txt", ""), ("crlnumber", "01\n")):
+            if not os.path.exists(os.path.join(directory, name)):
+                with open(os.path.join(directory, name), "w") as handle:
+                    handle.write(text)
+        config = os.path.join(directory, "ca.cnf")
+        with open(config, "w") as handle:
+            handle.write(_CA_DATABASE % {"dir": directory})
+        return config
+
+    def revoke(self, ca, cert):
+        _run(["openssl", "ca", "-config", self._database(ca), "-revoke", cert, "-keyfile", ca[1], "-cert", ca[0]])
+
+    def crl(self, ca, path, last_update=None, next_update=None):
+        """Write CA ``ca``'s CRL (PEM) to ``path``: valid 30 days, or between the given times (YYYYMMDDHHMMSSZ)."""
+        args = ["openssl", "ca", "-config", self._database(ca), "-gencrl", "-keyfile", ca[1], "-cert", ca[0],
+                "-out", path]
+        if next_update:
+            args += ["-crl_lastupdate", last_update, "-crl_nextupdate", next_update]
+        _run(args)
+        return path
+
+    @staticmethod
+    def crl_path(ca_path, ca):
+        """Where fetch-crl puts CA ``ca``'s CRL: ``<subject hash>.r0`` in ``ca_path``."""
+        digest = _run(["openssl", "x509", "-in", ca[0], "-noout", "-subject_hash"]).decode().strip()
+        return os.path.join(ca_path, digest + ".r0")
+
+    def ensure_crl(self, ca_path, ca, margin=datetime.timedelta(days=1)):
+        """Keep CA ``ca``'s CRL in ``ca_path`` current, as fetch-crl would: written when missing or due within
+        ``margin``. True when it was written."""
+        path = self.crl_path(ca_path, ca)
+        if os.path.exists(path):
+            out = _run(["openssl", "crl", "-in", path, "-noout", "-nextupdate"]).decode().strip()
+            due = datetime.datetime.strptime(out.partition("=")[2], "%b %d %H:%M:%S %Y %Z")
+            if due.replace(tzinfo=datetime.timezone.utc) > datetime.datetime.now(datetime.timezone.utc) + margin:
+                return False
+        self.crl(ca, path)
+        return True
+
+    @staticmethod
+    def trust(ca_path, ca, filename):
+        """Put CA ``ca`` into the directory ``ca_path`` as ``filename`` and rehash it."""
+        os.makedirs(ca_path, exist_ok=True)
+        with open(os.path.join(ca_path, filename), "w") as out, open(ca[0]) as src:
+            out.write(src.read())
+        _run(["openssl", "rehash", ca_path])
+
+
+class Pki:
+    """The tests' PKI under ``workdir``. ``ca_path`` trusts the real CA and a second, unrelated CA (as an IGTF
+    bundle holds many), each with its CRL; not the rogue CA that carries the real CA's name.
+
+    * ``endorser``: the VO's endorser, issued by the real CA (pinned in ``endorsers()``);
+    * ``rogue``: another DN from the real CA; ``revoked``: the endorser's DN from the real CA, revoked;
+    * ``impostor``: the endorser's DN from the rogue CA (not trusted at all);
+    * ``chained_impostor`` (sign with ``chain=[pki.impostor_ca[0]]``): the endorser's DN from an
+      intermediate carrying the real CA's DN, issued by the *trusted* second CA.
+    """
+
+    def __init__(self, workdir):
+        self.certificates = certificates = Certificates(workdir)
+        self.dir = workdir
+        self.ca = certificates.ca("ca", CA_DN)
+        self.other_ca = certificates.ca("other-ca", OTHER_CA_DN)
+        self.rogue_ca = certificates.ca("rogue-ca", CA_DN)  # same subject, different key: not in ca_path
+        self.endorser = certificates.signer("endorser", ENDORSER_DN, self.ca)
+        self.rogue = certificates.signer("rogue", ROGUE_DN, self.ca)
+        self.revoked = certificates.signer("revoked", ENDORSER_DN, self.ca)
+        certificates.revoke(self.ca, self.revoked[0])
+        self.impostor = certificates.signer("impostor", ENDORSER_DN, self.rogue_ca)
+        self.impostor_ca = certificates.ca("impostor-ca", CA_DN, issuer=self.other_ca)
+        self.chained_impostor = certificates.signer("chained-impostor", ENDORSER_DN, self.impostor_ca)
         self.ca_path = os.path.join(workdir, "certificates")
-        os.makedirs(self.ca_path, exist_ok=True)
-        self.authority.install(self.ca_path)
-        self.other_ca.install(self.ca_path)
+        for ca, filename in ((self.ca, "skygrid-test-ca.pem"), (self.other_ca, "other-test-ca.pem")):
+            certificates.trust(self.ca_path, ca, filename)
+            certificates.ensure_crl(self.ca_path, ca)
+
+    def crl_path(self, ca_path=None):
+        """Where the real CA's CRL is in ``ca_path`` (default the tests' CA directory)."""
+        return self.certificates.crl_path(ca_path or self.ca_path, self.ca)
 
     def endorsers(self, pin="ca_sha256"):
         """The VO's endorser as a site configures it, its CA pinned by fingerprint (or ``pin="ca_cert"``)."""

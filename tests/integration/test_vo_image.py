@@ -224,7 +224,7 @@ def bad_lists(env):
         "untrusted CA": (env.publish("impostor.list", entries, signer=env.pki.impostor), "endorsers[0].ca_sha256",
                          "not issued by the CA pinned"),
         "impostor intermediate": (env.publish("chain.list", entries, signer=env.pki.chained_impostor,
-                                              chain=[env.pki.impostor_ca.cert]), "endorsers[0].ca_sha256",
+                                              chain=[env.pki.impostor_ca[0]]), "endorsers[0].ca_sha256",
                                   "not issued by the CA pinned"),
         "revoked": (env.publish("revoked.list", entries, signer=env.pki.revoked), "endorsers",
                     "has a revoked certificate"),

@@ -229,7 +229,7 @@ def test_right_dn_from_untrusted_ca_is_refused(pki, text, tmp_path):
 def test_impostor_intermediate_from_another_trusted_ca_is_refused(pki, text, tmp_path):
     """A second CA of ca_path issues an intermediate carrying the pinned CA's DN, which issues a certificate
     with the endorser's DN: every name is right and the chain ends in ca_path, but not at the pinned CA."""
-    signed = fx.sign(text, pki.chained_impostor, chain=[pki.impostor_ca.cert])
+    signed = fx.sign(text, pki.chained_impostor, chain=[pki.impostor_ca[0]])
     url = write(tmp_path, "impostor-chain", signed)
     for pin in ("ca_sha256", "ca_cert"):
         err = refused(pki, url, endorsers=pki.endorsers(pin=pin), crl_check=False)
@@ -284,7 +284,7 @@ def test_revoked_endorser_is_refused(pki, text, tmp_path):
 
 def test_missing_crl_is_an_error_unless_the_site_opts_out(pki, text, tmp_path):
     ca_path = copy_ca_path(pki, tmp_path, "no-crl")
-    os.unlink(pki.authority.crl_path(str(ca_path)))
+    os.unlink(pki.crl_path(str(ca_path)))
     url = write(tmp_path, "good", fx.sign(text, pki.endorser))
     err = refused(pki, url, ca_path=str(ca_path))
     assert err.field == "ca_path" and "a CRL of its CA is missing" in str(err)
@@ -294,8 +294,8 @@ def test_missing_crl_is_an_error_unless_the_site_opts_out(pki, text, tmp_path):
 
 def test_expired_crl_is_an_error(pki, text, tmp_path):
     ca_path = copy_ca_path(pki, tmp_path, "old-crl")
-    pki.authority.crl(pki.authority.crl_path(str(ca_path)), last_update="20200101000000Z",
-                      next_update="20200108000000Z")
+    pki.certificates.crl(pki.ca, pki.crl_path(str(ca_path)), last_update="20200101000000Z",
+                         next_update="20200108000000Z")
     err = refused(pki, write(tmp_path, "good", fx.sign(text, pki.endorser)), ca_path=str(ca_path))
     assert err.field == "ca_path" and "is out of date" in str(err) and "CRL has expired" in str(err)
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.ipam import transaction
-from ansible_collections.skygrid.fabric.plugins.module_utils.ipam.exports import write_atomic
+from ansible_collections.skygrid.fabric.plugins.module_utils.files import write_atomic
 from ansible_collections.skygrid.fabric.plugins.module_utils.ipam.pool import Pool, build_requests, check_owner, derive_mac, ipkey, parse_pools
 from ansible_collections.skygrid.fabric.plugins.module_utils.ipam.store import APPLICATION_ID
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError

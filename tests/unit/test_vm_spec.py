@@ -63,6 +63,14 @@ def test_no_filter_without_ip_and_explicit_none():
     assert spec["nics"][0]["filter"] is None and spec["nics"][1]["filter"] is None
 
 
+def test_user_mode_networking_round_trips():
+    spec = vm_spec.normalise(full_params(nics=[{"user": True}]))[0]
+    assert spec["nics"][0]["user"] and spec["nics"][0]["filter"] is None
+    xml = vm_spec.to_xml(spec)
+    assert "<interface type=\"user\">" in xml and "filterref" not in xml
+    assert vm_spec.differences(spec, vm_spec.from_xml(xml)) == []
+
+
 def test_differences_names_changed_keys_only():
     spec = vm_spec.normalise(full_params())[0]
     actual = vm_spec.from_xml(vm_spec.to_xml(spec))
@@ -111,6 +119,9 @@ def test_disk_targets():
     ({"disks": [{"pool": "p", "size_gb": 1, "format": "raw"}]}, "disks[0].format"),
     ({"disks": [{"size_gb": 1}]}, "disks[0].pool"),
     ({"nics": [{"network": "n", "bridge": "b"}]}, "nics[0]"),
+    ({"nics": [{"network": "n", "user": True}]}, "nics[0]"),
+    ({"nics": [{}]}, "nics[0]"),
+    ({"nics": [{"user": True, "ip": "10.0.2.15"}]}, "nics[0].ip"),
     ({"nics": [{"network": "n", "mac": "zz:54:00:00:00:01"}]}, "nics[0].mac"),
     ({"nics": [{"network": "n", "mac": "53:54:00:00:00:01"}]}, "nics[0].mac"),
     ({"nics": [{"network": "n", "ip": "10.0.0.300"}]}, "nics[0].ip"),

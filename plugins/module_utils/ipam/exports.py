@@ -7,9 +7,9 @@ or the libvirt reservations."""
 from __future__ import annotations
 
 import os
-import tempfile
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
+from ansible_collections.skygrid.fabric.plugins.module_utils.files import write_atomic
 from ansible_collections.skygrid.fabric.plugins.module_utils.ipam.pool import check_pool_name
 
 EXPORT_FORMATS = ("dnsmasq", "hosts", "zone", "libvirt")
@@ -78,35 +78,6 @@ def read_text(path):
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise FabricError("cannot read %s: %s" % (path, exc), field="export.path")
-
-
-def write_atomic(path, content, mode=0o644):
-    """Write ``content`` to ``path`` so readers see the old file or the new one, never a mix: a temporary
-    file in the same directory, fsync, rename over, fsync the directory. Keeps an existing file's mode."""
-    directory = os.path.dirname(path) or "."
-    try:
-        mode = os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_export(txn, spec, reconciler):

@@ -15,9 +15,9 @@ import grp
 import os
 import re
 import stat
-import tempfile
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
+from ansible_collections.skygrid.fabric.plugins.module_utils.files import write_atomic
 
 SETTING_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 KERNEL_ROOTS = ("/sys/", "/proc/sys/")
@@ -66,29 +66,6 @@ def _read(path):
         return None
 
 
-def write_atomically(path, content, mode):
-    """Replace ``path`` by ``content`` in one rename, keeping the old owner (root for a new file)."""
-    directory = os.path.dirname(path) or "."
-    try:
-        old = os.stat(path)
-    except FileNotFoundError:
-        old = None
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode if mode is not None else (stat.S_IMODE(old.st_mode) if old else 0o644))
-        if old is not None:
-            os.chown(temporary, old.st_uid, old.st_gid)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def _ensure_mode(rec, path, mode):
     if mode is None:
         return
@@ -125,7 +102,7 @@ def converge_settings(rec, items):
         if after != before:
             keys = list(item["values"])
             rec.record_diff(path, settings_of(before or "", keys), settings_of(after, keys))
-            rec.act("set %s in %s" % (", ".join(keys), path), write_atomically, path, after, mode)
+            rec.act("set %s in %s" % (", ".join(keys), path), write_atomic, path, after, mode)
         elif before is not None:
             _ensure_mode(rec, path, mode)
 
@@ -142,7 +119,7 @@ def converge_files(rec, items):
         before = _read(path)
         if before != item["content"]:
             rec.record_diff(path, before, item["content"])
-            rec.act("write %s" % path, write_atomically, path, item["content"], mode)
+            rec.act("write %s" % path, write_atomic, path, item["content"], mode)
         else:
             _ensure_mode(rec, path, mode)
 

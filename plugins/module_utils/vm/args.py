@@ -30,6 +30,7 @@ VM_OPTIONS = dict(
     nics=dict(type="list", elements="dict", default=[], options=dict(
         network=dict(type="str"),
         bridge=dict(type="str"),
+        user=dict(type="bool", default=False),
         mac=dict(type="str"),
         ip=dict(type="str"),
         filter=dict(type="str"),

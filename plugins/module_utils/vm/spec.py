@@ -115,9 +115,13 @@ def _normalise_nics(name, nics, existing_macs):
     result = []
     for index, nic in enumerate(nics or []):
         path = "nics[%d]" % index
-        network, bridge = nic.get("network"), nic.get("bridge")
-        if bool(network) == bool(bridge):
-            raise _field(path, "give exactly one of 'network' (a libvirt network) or 'bridge' (a host bridge)")
+        network, bridge, user = nic.get("network"), nic.get("bridge"), bool(nic.get("user"))
+        if [bool(network), bool(bridge), user].count(True) != 1:
+            raise _field(path, "give exactly one of 'network' (a libvirt network), 'bridge' (a host bridge) or "
+                               "'user: true' (user-mode networking, e.g. qemu:///session on a desktop)")
+        if user and (nic.get("ip") or nic.get("filter") not in (None, "", "none")):
+            raise _field(path + ".ip", "user-mode networking gives the VM QEMU's private address; an address "
+                                       "or filter cannot be pinned on it")
         mac = (nic.get("mac") or "").lower() or (existing_macs[index] if index < len(existing_macs) else None) \
             or derived_mac(name, index)
         if not MAC_RE.match(mac):
@@ -140,6 +144,7 @@ def _normalise_nics(name, nics, existing_macs):
         result.append({
             "network": network,
             "bridge": bridge,
+            "user": user,
             "mac": mac,
             "ip": ip,
             "filter": nic_filter,
@@ -306,6 +311,8 @@ def to_xml(spec, uuid=None):
         if nic["network"]:
             iface = _sub(devices, "interface", type="network")
             _sub(iface, "source", network=nic["network"])
+        elif nic.get("user"):
+            iface = _sub(devices, "interface", type="user")
         else:
             iface = _sub(devices, "interface", type="bridge")
             _sub(iface, "source", bridge=nic["bridge"])
@@ -409,6 +416,7 @@ def from_xml(xml):
         nics.append({
             "network": source.get("network") if iface.get("type") == "network" else None,
             "bridge": source.get("bridge") if iface.get("type") == "bridge" else None,
+            "user": iface.get("type") == "user",
             "mac": iface.find("mac").get("address").lower(),
             "ip": ip,
             "filter": ref.get("filter") if ref is not None else None,
