@@ -14,7 +14,9 @@ import subprocess
 import pytest
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm.lifecycle import owned_volume_pattern
+from ansible_collections.skygrid.fabric.plugins.module_utils import locks
 from ansible_collections.skygrid.fabric.plugins.module_utils.images import download, formats, names, pool_store, staging
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import storage
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from integration import imagelist_fixtures as fx
@@ -299,10 +301,14 @@ class FakePool:
         return self._name
 
 
-def test_pool_store_layout_and_records(tmp_path, monkeypatch):
-    locks = tmp_path / "locks"
-    locks.mkdir()
-    monkeypatch.setattr(pool_store, "LOCK_DIRS", (str(locks),))
+@pytest.fixture
+def lock_dir(tmp_path, monkeypatch):
+    directory = tmp_path / "locks"
+    monkeypatch.setattr(locks, "default_dir", lambda: str(directory))
+    return directory
+
+
+def test_pool_store_layout_and_records(tmp_path, lock_dir):
     store = pool_store.PoolStore(FakePool(str(tmp_path)))
     assert store.records() == [] and store.partials("v.qcow2") == []  # nothing is created by reading
     assert not os.path.exists(store.state_dir)
@@ -326,7 +332,7 @@ def test_pool_store_layout_and_records(tmp_path, monkeypatch):
     store.remove_record("v.qcow2")
     assert store.read_record("v.qcow2") is None
     with store.lock():
-        assert os.listdir(str(locks)) == ["skygrid-vo-image-images.lock"]
+        assert os.listdir(str(lock_dir)) == ["vo-image-images.lock"]
 
 
 def test_pool_store_refuses_block_pools_and_missing_directories(tmp_path):
@@ -338,7 +344,86 @@ def test_pool_store_refuses_block_pools_and_missing_directories(tmp_path):
 
 
 def test_lock_path_is_safe_for_any_pool_name():
-    assert os.path.basename(pool_store.lock_path("../../etc/x y")) == "skygrid-vo-image-.._.._etc_x_y.lock"
+    assert os.path.basename(pool_store.lock_path("../../etc/x y")) == "vo-image-.._.._etc_x_y.lock"
+
+
+class FakeDomain:
+    def __init__(self, name, xml):
+        self._name, self.xml = name, xml
+
+    def name(self):
+        return self._name
+
+    def isActive(self):
+        return False
+
+    def XMLDesc(self, flags):
+        return self.xml
+
+
+class FakeConn:
+    def __init__(self, domains=()):
+        self.domains = list(domains)
+
+    def listAllDomains(self, flags):
+        return self.domains
+
+
+class FakeVolumePool(FakePool):
+    created = ()
+
+    def listAllVolumes(self, flags):
+        return []
+
+    def connect(self):
+        return self
+
+    def storageVolLookupByPath(self, path):
+        return object()
+
+    def createXML(self, xml, flags):
+        self.created += (xml,)
+        return xml
+
+
+def test_a_volume_that_came_into_use_during_the_download_is_not_replaced(tmp_path, lock_dir):
+    """The "in use" check before the download is not enough: a VM can start on the old bytes meanwhile."""
+    stager = staging.ImageStager.__new__(staging.ImageStager)
+    stager.store = pool_store.PoolStore(FakeVolumePool(str(tmp_path)))
+    stager.store.ensure_dirs()
+    final, ready = str(tmp_path / "atlas+a+1.qcow2"), str(tmp_path / ".skygrid" / "staging" / "new")
+    for path, text in ((final, "old"), (ready, "new")):
+        with open(path, "w") as handle:
+            handle.write(text)
+    stager.conn = FakeConn([FakeDomain("wn1-atlas-1", domain_xml(pool="images", base_volume="atlas+a+1.qcow2"))])
+    item = {"volume": "atlas+a+1.qcow2", "field": "image"}
+    with pytest.raises(FabricError) as err:
+        stager._replace(ready, final, {"volume": item["volume"]}, item)
+    assert err.value.field == "image" and "came into use by VM wn1-atlas-1" in str(err.value)
+    assert open(final).read() == "old" and stager.store.read_record(item["volume"]) is None
+    stager.conn = FakeConn()
+    stager._replace(ready, final, {"volume": item["volume"]}, item)
+    assert open(final).read() == "new" and stager.store.read_record(item["volume"]) == {"volume": item["volume"]}
+
+
+def test_an_overlay_is_not_created_while_a_prune_holds_the_pool(tmp_path, lock_dir, monkeypatch):
+    monkeypatch.setattr(locks, "VOLUME_USE_TIMEOUT", 0.2)
+    pool = FakeVolumePool(str(tmp_path))
+    with pool_store.PoolStore(pool).volume_use():  # what remove/prune hold around "in use" + delete
+        with pytest.raises(FabricError) as err:
+            storage.create_qcow2(pool, "vm1-vda.qcow2", 1 << 20, ("/p/atlas+a+1.qcow2", "qcow2"), "disks[0]")
+    assert err.value.field == "disks[0]" and "change of the base volumes in pool images" in str(err.value)
+    assert pool.created == ()
+    storage.create_qcow2(pool, "vm1-vda.qcow2", 1 << 20, ("/p/atlas+a+1.qcow2", "qcow2"), "disks[0]")
+    assert len(pool.created) == 1
+
+
+def test_an_overlay_on_a_base_volume_pruned_meanwhile_is_refused(tmp_path, lock_dir, monkeypatch):
+    pool = FakeVolumePool(str(tmp_path))
+    monkeypatch.setattr(storage, "lookup", lambda func, name: None)
+    with pytest.raises(FabricError) as err:
+        storage.create_qcow2(pool, "vm1-vda.qcow2", 1 << 20, ("/p/atlas+a+1.qcow2", "qcow2"), "disks[0]")
+    assert err.value.field == "disks[0]" and "was removed (pruned?)" in str(err.value) and pool.created == ()
 
 
 # ---------------------------------------------------------------- who uses a volume

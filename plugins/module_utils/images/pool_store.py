@@ -19,24 +19,29 @@ inside the pool directory, so it is on the same filesystem and a rename publishe
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
 import xml.etree.ElementTree as ET
 
+from ansible_collections.skygrid.fabric.plugins.module_utils import locks
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
+from ansible_collections.skygrid.fabric.plugins.module_utils.files import write_atomic
 
 STATE_DIR = ".skygrid"
 PROVENANCE_SUFFIX = ".provenance.json"
 PART_SUFFIX = ".part"
 FILE_POOL_TYPES = ("dir", "fs", "netfs")
-LOCK_DIRS = ("/run/lock", "/var/lock", "/tmp")
+# A staging run waits this long for another on the same pool (which may be downloading a large image).
+STAGING_LOCK_TIMEOUT = 3600
 
 
 def lock_path(pool_name):
-    directory = next((path for path in LOCK_DIRS if os.path.isdir(path) and os.access(path, os.W_OK)), "/tmp")
-    return os.path.join(directory, "skygrid-vo-image-%s.lock" % re.sub(r"[^A-Za-z0-9_.-]", "_", pool_name))
+    return locks.lock_path(_staging_lock(pool_name))
+
+
+def _staging_lock(pool_name):
+    return "vo-image-" + pool_name
 
 
 class PoolStore:
@@ -138,28 +143,18 @@ class PoolStore:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.provenance_path(volume))
 
-    @contextlib.contextmanager
-    def lock(self):
+    def lock(self, timeout=STAGING_LOCK_TIMEOUT):
         """One staging run per pool at a time (a second run waits, then finds the work done)."""
-        with open(lock_path(self.name), "a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return locks.held(_staging_lock(self.name), timeout, "pool", "another vo_image run on pool %s" % self.name)
+
+    def volume_use(self):
+        """Exclusive: no overlay is being created on a volume of this pool (see locks.volume_use)."""
+        return locks.volume_use(self.name, "pool", shared=False)
 
 
 def write_json(path, data):
-    """Write ``data`` to ``path`` whole or not at all: a synced temporary file renamed over it."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, 0o644)
-    os.rename(tmp, path)
-    fsync_path(os.path.dirname(path))
+    """Write ``data`` to ``path`` whole or not at all."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o644)
 
 
 def fsync_path(path):

@@ -291,13 +291,12 @@ class ImageStager:
             record = self.record_for(item, found["format"], os.path.getsize(ready))
             record["staged_at"] = image_list.format_time(self.clock())
             final = store.volume_path(item["volume"])
-            replacing = os.path.exists(final)
-            if not replacing:  # a volume never exists without its record...
+            if os.path.exists(final):
+                self._replace(ready, final, record, item)
+            else:  # a volume never exists without its record
                 store.write_record(record)
-            os.rename(ready, final)
-            fsync_path(store.path)
-            if replacing:  # ...and a record never vouches for bytes not yet in place
-                store.write_record(record)
+                os.rename(ready, final)
+                fsync_path(store.path)
         except Exception:
             unlink_if_present(converted)
             unlink_if_present(partial)
@@ -310,6 +309,19 @@ class ImageStager:
                               % (item["volume"], store.name), field="pool")
         self.log("staged", record)
         return record
+
+    def _replace(self, ready, final, record, item):
+        """Rename the new bytes over a staged volume, checking it is unused at that moment: the download took
+        a while, and a VM may have started on the old bytes meanwhile (no overlay is made while we hold this)."""
+        with self.store.volume_use():
+            users = users_of(self.conn, self.store, item["volume"])
+            if users:
+                raise FabricError("volume '%s' came into use by %s while its new bytes were downloaded; it is not "
+                                  "replaced. Stop those VMs and run again" % (item["volume"], ", ".join(users)),
+                                  field=item["field"])
+            os.rename(ready, final)
+            fsync_path(self.store.path)
+            self.store.write_record(record)  # after the rename: a record never vouches for bytes not in place
 
     # ------------------------------------------------------------ absent and prune
 
@@ -327,7 +339,14 @@ class ImageStager:
         return found
 
     def remove(self, records, event="removed", field="image"):
-        """Remove the volumes of ``records``; refuses (removing nothing) when any is in use."""
+        """Remove the volumes of ``records``; refuses (removing nothing) when any is in use. No overlay is
+        created on them between the check and the removal (the volume-use lock)."""
+        if not records:
+            return []
+        with self.store.volume_use():
+            return self._remove_unused(records, event, field)
+
+    def _remove_unused(self, records, event, field):
         busy = {}
         for record in records:
             users = users_of(self.conn, self.store, record["volume"])
