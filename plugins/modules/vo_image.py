@@ -151,7 +151,10 @@ options:
     type: int
     default: 60
 notes:
-  - Runs one staging at a time per pool (a lock in C(/run/lock)); a second run waits, then finds the work done.
+  - Runs one staging at a time per pool (a lock in the private C(/run/skygrid/locks)); a second run waits
+    up to an hour, then finds the work done. Removing, pruning or replacing a staged volume and creating
+    an overlay on one (M(skygrid.fabric.vm)) exclude each other, so an image is never removed under a VM
+    that is starting on it.
   - The provenance records are in C(<pool dir>/.skygrid/provenance/<volume>.provenance.json); libvirt
     lists the C(.skygrid) directory as one volume of type C(dir).
   - Only pools whose volumes are files on this host are supported (not C(logical) or other block pools).
