@@ -23,7 +23,9 @@ description:
     not a volume name), resuming an interrupted download with an HTTP Range request, stops at the
     declared size, and computes the sha512 while streaming. C(qemu-img info) detects the format -
     only qcow2 and raw are staged, a qcow2 that names a backing file or an external data file is
-    refused, and a format other than the one declared is refused. A raw image is converted to qcow2.
+    refused, and a format other than the one declared is refused; so is a virtual size above
+    O(max_virtual_size_gb). C(qemu-img info) runs with its memory and CPU time capped. A raw image is
+    converted to qcow2.
     The volume is made read-only (0444), its provenance record written, and it is published by an
     atomic rename under its final name, C(<vo>+<image id>[+<version>].qcow2) (no part may hold
     C(+), so two images never share a name); then the pool is refreshed.
@@ -139,6 +141,12 @@ options:
     description: Remove this VO's staged images that are no longer wanted and not in use (see above).
     type: bool
     default: false
+  max_virtual_size_gb:
+    description:
+      - The largest virtual size (GiB) an image may have; a larger one is refused. A qcow2 of 1 PiB
+        virtual size is a small download, and every VM overlay on it inherits that size.
+    type: int
+    default: 1024
   provenance_log:
     description: A file to append one JSON line to for every image staged, removed or pruned (the site's provenance log).
     type: path
@@ -318,6 +326,7 @@ import contextlib
 from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.args import image_selector_options, trust_options
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.formats import DEFAULT_MAX_VIRTUAL_SIZE_GB, GIB
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.names import check_trust_class
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.staging import ImageStager
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection
@@ -340,6 +349,7 @@ class VoImageModule(FabricModule):
         list_url=dict(type="str"),
         **trust_options(),
         prune=dict(type="bool", default=False),
+        max_virtual_size_gb=dict(type="int", default=DEFAULT_MAX_VIRTUAL_SIZE_GB),
         provenance_log=dict(type="path"),
         validate_certs=dict(type="bool", default=True),
         timeout=dict(type="int", default=60),
@@ -424,8 +434,12 @@ class VoImageModule(FabricModule):
         if params["trust_class"] != 2 and params["list_url"]:
             raise FabricError("is only used for trust_class 2 (VO images); a class %d image is pinned by image_url, "
                               "sha512 and size" % params["trust_class"], field="list_url")
+        if params["max_virtual_size_gb"] <= 0:
+            raise FabricError("must be a positive number of GiB (default %d)" % DEFAULT_MAX_VIRTUAL_SIZE_GB,
+                              field="max_virtual_size_gb")
         return ImageStager(conn, params["pool"], params["vo"], self.reconciler, timeout=params["timeout"],
-                           validate_certs=params["validate_certs"], provenance_log=params["provenance_log"])
+                           validate_certs=params["validate_certs"], provenance_log=params["provenance_log"],
+                           max_virtual_size=params["max_virtual_size_gb"] * GIB)
 
     def warn_all(self, stager):
         for warning in stager.warnings:

@@ -97,6 +97,9 @@ class Env:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", evil, "1M"],
                        check=True)
         self.add("evil.qcow2", evil)
+        huge = os.path.join(workdir, "huge.qcow2")  # 1 PiB virtual, a few hundred kB on disk
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", huge, "1P"], check=True)
+        self.add("huge.qcow2", huge)
 
     def add(self, name, path):
         self.files[name] = path
@@ -391,6 +394,15 @@ def test_qcow2_with_a_backing_file_is_refused(env, pool):
     url = env.publish("evil.list", [env.entry("evil.qcow2", "img-evil")])
     failed(run_module("vo_image", env.args(url, image="img-evil")), "image", "names a backing file (/etc/hostname)")
     assert_nothing_staged(pool, "atlas+img-evil+1.qcow2")
+
+
+def test_a_huge_virtual_size_is_refused(env, pool):
+    url = env.publish("huge.list", [env.entry("huge.qcow2", "img-huge")])
+    failed(run_module("vo_image", env.args(url, image="img-huge")), "image", "virtual size of 1048576 GiB",
+           "max_virtual_size_gb (1024)")
+    assert_nothing_staged(pool, "atlas+img-huge+1.qcow2")
+    failed(run_module("vo_image", env.args(url, image="img-huge", max_virtual_size_gb=0)), "max_virtual_size_gb",
+           "positive")
 
 
 def test_format_other_than_declared_is_refused(env, pool):

@@ -247,6 +247,34 @@ def test_inspect_accepts_qcow2_and_raw(tmp_path):
 
 
 @needs_qemu_img
+def test_inspect_refuses_a_huge_virtual_size(tmp_path):
+    """A 1 PiB qcow2 is a few hundred kB to download; every overlay on it would inherit 1 PiB."""
+    image = str(tmp_path / "huge.qcow2")
+    qemu_img("create", "-f", "qcow2", image, "1P")
+    with pytest.raises(FabricError) as err:
+        formats.inspect(image, "qcow2", "http://x/huge", field="images[0].image")
+    assert err.value.field == "images[0].image"
+    assert "virtual size of 1048576 GiB" in str(err.value) and "max_virtual_size_gb (1024)" in str(err.value)
+    assert formats.inspect(image, "qcow2", "u", max_virtual_size=1 << 50)["virtual_size"] == 1 << 50
+    qemu_img("create", "-f", "qcow2", str(tmp_path / "b.qcow2"), "2G")
+    with pytest.raises(FabricError, match="virtual size of 2 GiB, more than max_virtual_size_gb \\(1\\)"):
+        formats.inspect(str(tmp_path / "b.qcow2"), "qcow2", "u", max_virtual_size=formats.GIB)
+
+
+def test_qemu_img_info_runs_under_resource_limits(tmp_path, monkeypatch):
+    """qemu-img parses what the download holds (for class 3, anything a user built): memory and CPU time capped."""
+    seen = tmp_path / "limits"
+    fake = tmp_path / "qemu-img"
+    fake.write_text("#!/bin/sh\nulimit -v > %s\nulimit -t >> %s\necho '{\"format\": \"raw\", \"virtual-size\": 1}'\n"
+                    % (seen, seen))
+    fake.chmod(0o755)
+    monkeypatch.setattr(formats, "qemu_img", lambda: str(fake))
+    assert formats.inspect(str(fake), None, "u")["format"] == "raw"
+    memory_kib, cpu_seconds = seen.read_text().split()
+    assert int(memory_kib) * 1024 == formats.INFO_MEMORY_LIMIT and int(cpu_seconds) == formats.INFO_CPU_SECONDS
+
+
+@needs_qemu_img
 def test_inspect_refuses_a_backing_file(tmp_path):
     image = str(tmp_path / "evil.qcow2")
     qemu_img("create", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", image, "1M")

@@ -26,7 +26,8 @@ import xml.etree.ElementTree as ET
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.download import LISTED, PINNED, download
-from ansible_collections.skygrid.fabric.plugins.module_utils.images.formats import convert_to_qcow2, inspect
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.formats import (
+    DEFAULT_MAX_VIRTUAL_SIZE, convert_to_qcow2, inspect)
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.names import check_title, name_part, normalise_format, normalise_sha512, volume_name
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.pool_store import PoolStore, fsync_path, unlink_if_present
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import storage
@@ -88,7 +89,7 @@ class ImageStager:
     """Stages, removes and prunes one VO's images in one pool, recording every change with the Reconciler."""
 
     def __init__(self, conn, pool_name, vo, reconciler, timeout=60, validate_certs=True, provenance_log=None,
-                 clock=image_list.utcnow):
+                 clock=image_list.utcnow, max_virtual_size=DEFAULT_MAX_VIRTUAL_SIZE):
         self.conn = conn
         self.vo = name_part(vo, "VO name", "vo")
         self.reconciler = reconciler
@@ -96,6 +97,7 @@ class ImageStager:
         self.validate_certs = validate_certs
         self.provenance_log = provenance_log
         self.clock = clock
+        self.max_virtual_size = max_virtual_size
         self.pool = storage.pool_by_name(conn, pool_name, "pool")
         self.store = PoolStore(self.pool)
         self.host = socket.gethostname()
@@ -280,7 +282,7 @@ class ImageStager:
         download(item["uri"], partial, item["size"], item["sha512"], item["field"], self.timeout, self.validate_certs,
                  declared=LISTED if item["list"] else PINNED)
         try:
-            found = inspect(partial, item["format"], item["uri"], item["field"])
+            found = inspect(partial, item["format"], item["uri"], item["field"], self.max_virtual_size)
             ready = partial
             if found["format"] == "raw":
                 convert_to_qcow2(partial, converted, item["uri"], item["field"])
