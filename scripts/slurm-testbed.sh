@@ -20,6 +20,14 @@
 # time can run beside this host's, with the same slurm.conf.
 #
 # The munge key (/etc/munge/munge.key) is created when missing, owned by munge, mode 0400; it is never printed.
+#
+# Per-VO trust domains (docs/SECURITY.md): VO-built VMs never get the site's munge key. Each test VO (atlas,
+# lhcb) has a cluster of its own on this host: its own munge key (/etc/munge/vo/<vo>.key), its own munged
+# (socket /run/munge-vo/<vo>/munge.socket.2) and a slurmctld run as the slurm user on its own port
+# (atlas 6821, lhcb 6822) with /etc/slurm/vo/<vo>/slurm.conf (AuthInfo names that socket; configless; no
+# static nodes: the site creates each VM's node with `scontrol create`, pinning its name, address and
+# features, before the VM starts). Clients of a VO's cluster (the CE that submits that VO's jobs, the
+# tests) run with SLURM_CONF=/etc/slurm/vo/<vo>/slurm.conf.
 set -euo pipefail
 
 ACTION=${1:-status}
@@ -38,6 +46,11 @@ NODE_PORT=${SKYGRID_SLURMD_PORT:-6818}       # this host's slurmd (its NodeName 
 DYNAMIC_PORT=${SKYGRID_SLURMD_DYNAMIC_PORT:-6819} # SlurmdPort: where dynamic (-Z) nodes listen
 NODE=$(hostname -s)
 PACKAGES=(munge slurmctld slurmd slurm-client)
+# The per-VO trust domains: each VO's slurmctld port.
+declare -A VO_PORTS=([atlas]=${SKYGRID_SLURM_ATLAS_PORT:-6821} [lhcb]=${SKYGRID_SLURM_LHCB_PORT:-6822})
+VO_CONF_DIR=/etc/slurm/vo
+VO_KEY_DIR=/etc/munge/vo
+VO_SOCKET_DIR=/run/munge-vo
 
 die() { echo "slurm-testbed.sh: $*" >&2; exit 2; }
 log() { echo "==> $*"; }
@@ -76,21 +89,8 @@ memory_mb() { # this host's memory less 1 GiB for the system, in MiB (slurmd ref
   echo $((kb / 1024 - 1024))
 }
 
-render_conf() {
+render_common() { # what every cluster of the test bed shares
   cat <<EOF
-$MARK
-# Do not edit: rewritten by 'scripts/slurm-testbed.sh start' whenever it differs.
-ClusterName=$CLUSTER
-SlurmctldHost=$NODE${CTLD_ADDR:+($CTLD_ADDR)}
-SlurmctldPort=$CTLD_PORT
-SlurmdPort=$DYNAMIC_PORT
-SlurmUser=root
-AuthType=auth/munge
-CredType=cred/munge
-SlurmctldParameters=enable_configless
-StateSaveLocation=$DIR/ctld
-SlurmctldPidFile=$DIR/run/slurmctld.pid
-SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmdPidFile=/run/slurmd-%n.pid
 SlurmdLogFile=/var/log/slurm/slurmd-%n.log
@@ -109,6 +109,25 @@ SlurmdTimeout=60
 InactiveLimit=0
 KillWait=5
 MinJobAge=30
+EOF
+}
+
+render_conf() {
+  cat <<EOF
+$MARK
+# Do not edit: rewritten by 'scripts/slurm-testbed.sh start' whenever it differs.
+ClusterName=$CLUSTER
+SlurmctldHost=$NODE${CTLD_ADDR:+($CTLD_ADDR)}
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$DYNAMIC_PORT
+SlurmUser=root
+AuthType=auth/munge
+CredType=cred/munge
+SlurmctldParameters=enable_configless
+StateSaveLocation=$DIR/ctld
+SlurmctldPidFile=$DIR/run/slurmctld.pid
+SlurmctldLogFile=$DIR/log/slurmctld.log
+$(render_common)
 NodeName=$NODE NodeAddr=127.0.0.1 Port=$NODE_PORT CPUs=$(nproc) RealMemory=$(memory_mb) State=UNKNOWN
 PartitionName=batch Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 # One NodeSet per test VO: partitions over them take in dynamic nodes with the feature as they register.
@@ -117,34 +136,60 @@ NodeSet=vo_lhcb Feature=lhcb
 EOF
 }
 
-write_conf() { # prints "changed" when the file was (re)written
-  if [[ -e $CONF ]] && ! head -n1 "$CONF" | grep -qxF "$MARK"; then
-    die "$CONF exists and was not written by this script; move it away to use the test bed"
+render_vo_conf() { # vo: the VO's own cluster - its munge socket and port, run as slurm, no static nodes
+  local vo=$1
+  cat <<EOF
+$MARK
+# Do not edit: rewritten by 'scripts/slurm-testbed.sh start' whenever it differs.
+# The trust domain of VO $vo: its VMs are its only nodes, authenticated with the VO's own munge key.
+ClusterName=${vo}vms
+SlurmctldHost=$NODE${CTLD_ADDR:+($CTLD_ADDR)}
+SlurmctldPort=${VO_PORTS[$vo]}
+SlurmdPort=6818
+SlurmUser=slurm
+AuthType=auth/munge
+AuthInfo=socket=$VO_SOCKET_DIR/$vo/munge.socket.2
+CredType=cred/munge
+SlurmctldParameters=enable_configless
+StateSaveLocation=$DIR/vo/$vo/ctld
+SlurmctldPidFile=$DIR/vo/$vo/run/slurmctld.pid
+SlurmctldLogFile=$DIR/vo/$vo/log/slurmctld.log
+$(render_common)
+PartitionName=$vo Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+
+write_conf() { # path content: prints "changed" when the file was (re)written
+  local path=$1 new=$2
+  if [[ -e $path ]] && ! head -n1 "$path" | grep -qxF "$MARK"; then
+    die "$path exists and was not written by this script; move it away to use the test bed"
   fi
-  local new
-  new=$(render_conf)
-  if [[ -e $CONF ]] && [[ $(cat "$CONF") == "$new" ]]; then
+  if [[ -e $path ]] && [[ $(cat "$path") == "$new" ]]; then
     return 0
   fi
-  mkdir -p "$(dirname "$CONF")"
-  printf '%s\n' "$new" > "$CONF.tmp"
-  chmod 0644 "$CONF.tmp"
-  mv "$CONF.tmp" "$CONF"
+  mkdir -p "$(dirname "$path")"
+  printf '%s\n' "$new" > "$path.tmp"
+  chmod 0644 "$path.tmp"
+  mv "$path.tmp" "$path"
   echo changed
 }
 
-munge_ok() {
-  munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1
+munge_ok() { # [socket]
+  munge ${1:+-S "$1"} -n </dev/null 2>/dev/null | unmunge ${1:+-S "$1"} >/dev/null 2>&1
+}
+
+ensure_key() { # path: created when missing, munge-owned, 0400, never printed
+  if [[ ! -s $1 ]]; then
+    log "creating the munge key $1"
+    install -d -o munge -g munge -m 0700 /etc/munge "$(dirname "$1")"
+    (umask 077 && mungekey --create --keyfile="$1" --force >/dev/null)
+  fi
+  chown munge:munge "$1"
+  chmod 0400 "$1"
 }
 
 start_munge() {
-  if [[ ! -s $MUNGE_KEY ]]; then
-    log "creating the munge key"
-    install -d -o munge -g munge -m 0700 /etc/munge
-    (umask 077 && mungekey --create --keyfile="$MUNGE_KEY" --force >/dev/null)
-  fi
-  chown munge:munge "$MUNGE_KEY"
-  chmod 0400 "$MUNGE_KEY"
+  ensure_key "$MUNGE_KEY"
   if munge_ok; then
     return 0
   fi
@@ -153,6 +198,52 @@ start_munge() {
   install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
   runuser -u munge -- /usr/sbin/munged
   wait_for 10 munged munge_ok
+}
+
+start_vo_munge() { # vo: a munged of the VO's own, with the VO's key, on the VO's socket
+  local vo=$1 socket=$VO_SOCKET_DIR/$1/munge.socket.2
+  ensure_key "$VO_KEY_DIR/$vo.key"
+  munge_ok "$socket" && return 0
+  log "starting munged for VO $vo"
+  install -d -o munge -g munge -m 0755 "$VO_SOCKET_DIR" "$VO_SOCKET_DIR/$vo"
+  install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
+  runuser -u munge -- /usr/sbin/munged --socket="$socket" --key-file="$VO_KEY_DIR/$vo.key" \
+    --pid-file="$VO_SOCKET_DIR/$vo/munged.pid" --seed-file="/var/lib/munge/vo-$vo.seed" \
+    --log-file="/var/log/munge/vo-$vo.log"
+  wait_for 10 "munged for VO $vo" munge_ok "$socket"
+}
+
+vo_ctld_up() { # vo
+  SLURM_CONF=$VO_CONF_DIR/$1/slurm.conf scontrol ping 2>/dev/null | grep -q 'is UP'
+}
+
+start_vo_slurmctld() { # vo changed
+  local vo=$1 changed=$2 base=$DIR/vo/$1
+  install -d -o slurm -g slurm -m 0700 "$base" "$base/ctld" "$base/log" "$base/run"
+  [[ $changed == changed ]] && stop_pidfile "slurmctld for VO $vo" "$base/run/slurmctld.pid"
+  if ! pid_alive "$base/run/slurmctld.pid"; then
+    log "starting slurmctld for VO $vo (port ${VO_PORTS[$vo]})"
+    SLURM_CONF=$VO_CONF_DIR/$vo/slurm.conf /usr/sbin/slurmctld
+  fi
+  wait_for 30 "slurmctld for VO $vo" vo_ctld_up "$vo"
+}
+
+start_vo_domains() {
+  local vo changed
+  for vo in "${!VO_PORTS[@]}"; do
+    changed=$(write_conf "$VO_CONF_DIR/$vo/slurm.conf" "$(render_vo_conf "$vo")")
+    [[ $changed == changed ]] && log "wrote $VO_CONF_DIR/$vo/slurm.conf"
+    start_vo_munge "$vo"
+    start_vo_slurmctld "$vo" "$changed"
+  done
+}
+
+stop_vo_domains() {
+  local vo
+  for vo in "${!VO_PORTS[@]}"; do
+    stop_pidfile "slurmctld for VO $vo" "$DIR/vo/$vo/run/slurmctld.pid"
+    stop_pidfile "munged for VO $vo" "$VO_SOCKET_DIR/$vo/munged.pid"
+  done
 }
 
 ensure_name_resolves() { # without a pinned address, clients find slurmctld by this host's name
@@ -232,8 +323,19 @@ status() {
   if munge_ok; then echo "munged: running"; else echo "munged: not running"; rc=1; fi
   if pid_alive "$DIR/run/slurmctld.pid" && ctld_up; then echo "slurmctld: running"; else echo "slurmctld: not running"; rc=1; fi
   if pid_alive "/run/slurmd-$NODE.pid"; then echo "slurmd ($NODE): running"; else echo "slurmd ($NODE): not running"; rc=1; fi
+  local vo
+  for vo in "${!VO_PORTS[@]}"; do
+    if munge_ok "$VO_SOCKET_DIR/$vo/munge.socket.2" && vo_ctld_up "$vo"; then
+      echo "VO $vo: munged and slurmctld running (SLURM_CONF=$VO_CONF_DIR/$vo/slurm.conf)"
+    else
+      echo "VO $vo: not running"; rc=1
+    fi
+  done
   if ((rc == 0)); then
     sinfo -N -o '%N %P %T %c %m %f'
+    for vo in "${!VO_PORTS[@]}"; do
+      SLURM_CONF=$VO_CONF_DIR/$vo/slurm.conf sinfo -N -o '%N %P %T %c %m %f'
+    done
   fi
   return "$rc"
 }
@@ -242,15 +344,17 @@ case $ACTION in
   start)
     install_packages
     ensure_name_resolves
-    changed=$(write_conf)
+    changed=$(write_conf "$CONF" "$(render_conf)")
     [[ $changed == changed ]] && log "wrote $CONF"
     start_munge
     start_slurm "$changed"
-    log "slurm test bed up: node $NODE, controller ${CTLD_ADDR:-$NODE}:$CTLD_PORT"
+    start_vo_domains
+    log "slurm test bed up: node $NODE, controller ${CTLD_ADDR:-$NODE}:$CTLD_PORT, VO clusters atlas:${VO_PORTS[atlas]} lhcb:${VO_PORTS[lhcb]}"
     ;;
   stop)
     stop_slurmd_all
     stop_pidfile slurmctld "$DIR/run/slurmctld.pid"
+    stop_vo_domains
     stop_munge
     ;;
   status)

@@ -50,6 +50,7 @@ _value:
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch import domains
 from ansible_collections.skygrid.fabric.plugins.module_utils.planning import slots
 
 
@@ -71,6 +72,8 @@ FILTERS = {
     "slot_vms": slots.slot_vms,
     "slot_batch_nodes": slots.batch_nodes,
     "batch_node_items": slots.batch_node_items,
+    "batch_env": domains.batch_env,
+    "site_built_vos": domains.site_built_vos,
 }
 
 

@@ -88,6 +88,12 @@ hypervisor:
       description: Names of libvirt's network filters (C(clean-traffic) is the anti-spoofing one VM NICs use).
       type: list
       elements: str
+    security_models:
+      description:
+        - libvirt's security drivers for QEMU (C(dac), C(apparmor), C(selinux), C(none)). Without
+          C(apparmor) or C(selinux) nothing confines a QEMU process beyond its Unix user, and the module warns.
+      type: list
+      elements: str
     domain_count:
       description: Domains defined or running.
       type: int
@@ -106,6 +112,7 @@ hypervisor:
     libvirt_version: 9.0.0
     hypervisor_version: 7.2.0
     nwfilters: [allow-arp, clean-traffic, no-arp-spoofing, no-ip-spoofing, no-mac-spoofing]
+    security_models: [apparmor, dac]
     domain_count: 12
     running_domain_count: 12
 """
@@ -126,7 +133,11 @@ class HypervisorInfoModule(FabricModule):
             if kvm_warning:
                 self.reconciler.warn(kvm_warning)
         with connection(uri, readonly=True) as conn:
-            return {"hypervisor": host.facts(conn, uri)}
+            facts = host.facts(conn, uri)
+        confinement = host.confinement_warning(facts["security_models"])
+        if confinement:
+            self.reconciler.warn(confinement)
+        return {"hypervisor": facts}
 
 
 def main():

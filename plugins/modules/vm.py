@@ -43,8 +43,132 @@ options:
     description:
       - Several VMs in one call. Each item takes the same keys as the top-level VM options
         (O(name) required); a key an item leaves out takes the top-level value.
+      - An item's O(vms[].cloud_init.user_data) is masked in the output like the top-level one.
     type: list
     elements: dict
+    suboptions:
+      name:
+        description: As the top-level O(name); required in every item.
+        type: str
+      state:
+        description: As the top-level O(state).
+        type: str
+        choices: [present, running, paused, shutdown, absent]
+      vcpus:
+        description: As the top-level O(vcpus).
+        type: int
+      memory_mb:
+        description: As the top-level O(memory_mb).
+        type: int
+      virt_type:
+        description: As the top-level O(virt_type).
+        type: str
+        choices: [auto, kvm, qemu]
+      cpu_mode:
+        description: As the top-level O(cpu_mode).
+        type: str
+      machine:
+        description: As the top-level O(machine).
+        type: str
+      default_pool:
+        description: As the top-level O(default_pool).
+        type: str
+      disks:
+        description: As the top-level O(disks).
+        type: list
+        elements: dict
+        suboptions:
+          pool:
+            description: As O(disks[].pool).
+            type: str
+          base_volume:
+            description: As O(disks[].base_volume).
+            type: str
+          volume:
+            description: As O(disks[].volume).
+            type: str
+          size_gb:
+            description: As O(disks[].size_gb).
+            type: int
+          format:
+            description: As O(disks[].format).
+            type: str
+            choices: [qcow2, raw]
+          readonly:
+            description: As O(disks[].readonly).
+            type: bool
+            default: false
+      nics:
+        description: As the top-level O(nics).
+        type: list
+        elements: dict
+        suboptions:
+          network:
+            description: As O(nics[].network).
+            type: str
+          bridge:
+            description: As O(nics[].bridge).
+            type: str
+          user:
+            description: As O(nics[].user).
+            type: bool
+            default: false
+          mac:
+            description: As O(nics[].mac).
+            type: str
+          ip:
+            description: As O(nics[].ip).
+            type: str
+          filter:
+            description: As O(nics[].filter).
+            type: str
+          model:
+            description: As O(nics[].model).
+            type: str
+            default: virtio
+      allow_address_spoofing:
+        description: As the top-level O(allow_address_spoofing).
+        type: bool
+      cloud_init:
+        description: As the top-level O(cloud_init).
+        type: dict
+        suboptions:
+          user_data:
+            description: As O(cloud_init.user_data); never shown in the module's output.
+            type: raw
+          meta_data:
+            description: As O(cloud_init.meta_data).
+            type: raw
+          network_config:
+            description: As O(cloud_init.network_config).
+            type: raw
+      seed_pool:
+        description: As the top-level O(seed_pool).
+        type: str
+      kernel:
+        description: As the top-level O(kernel).
+        type: str
+      initrd:
+        description: As the top-level O(initrd).
+        type: str
+      cmdline:
+        description: As the top-level O(cmdline).
+        type: str
+      metadata:
+        description: As the top-level O(metadata).
+        type: dict
+      autostart:
+        description: As the top-level O(autostart).
+        type: bool
+      console_log:
+        description: As the top-level O(console_log).
+        type: str
+      shutdown_timeout:
+        description: As the top-level O(shutdown_timeout).
+        type: int
+      force:
+        description: As the top-level O(force).
+        type: bool
   state:
     description:
       - V(present) defines the VM and leaves its run state alone.
@@ -142,16 +266,24 @@ options:
         description:
           - The VM's address on this interface. It is also the only source address libvirt's
             C(clean-traffic) filter lets the VM use, so a VM cannot spoof another's address.
+          - Required unless O(allow_address_spoofing=true).
         type: str
       filter:
         description:
           - libvirt nwfilter on the interface; defaults to C(clean-traffic) when O(nics[].ip) is
-            given. V(none) attaches no filter.
+            given. V(none) attaches no filter and needs O(allow_address_spoofing=true).
         type: str
       model:
         description: NIC model.
         type: str
         default: virtio
+  allow_address_spoofing:
+    description:
+      - Every NIC needs O(nics[].ip) and keeps an anti-spoofing filter (C(clean-traffic) by default);
+        without them root in the VM can send with any source IP and MAC address on that network.
+      - V(true) accepts that risk for this VM, allowing NICs without O(nics[].ip) and O(nics[].filter=none).
+    type: bool
+    default: false
   cloud_init:
     description:
       - Contextualisation through a cloud-init NoCloud seed volume (ISO 9660 labelled C(cidata))
@@ -162,8 +294,8 @@ options:
       user_data:
         description:
           - user-data as a string, or a dict written as C(#cloud-config).
-          - Never shown in the module's output (it may carry credentials). Items of O(vms) are not
-            masked by Ansible; run such a task with C(no_log) when their user-data holds secrets.
+          - Never shown in the module's output (it may carry credentials), at the top level and in
+            O(vms) items.
         type: raw
       meta_data:
         description: meta-data as a string, or a dict merged over C(instance-id) and C(local-hostname) (both the VM name).
@@ -228,6 +360,13 @@ options:
   migrate_uri:
     description: Address the migration data goes to (for example C(tcp://10.254.0.2) on a migration network).
     type: str
+  migrate_tls:
+    description:
+      - Encrypt the migration stream itself (libvirt's C(VIR_MIGRATE_TLS), QEMU's native TLS; the hosts'
+        C(qemu.conf) needs its C(migrate_tls_x509_cert_dir) certificates).
+      - Left unset, on whenever O(migrate_to) is a C(qemu+tls://) URI - TLS on the control connection
+        alone would still send the VM's memory, with any keys and proxies in it, in clear.
+    type: bool
   migrate_timeout:
     description: Seconds a migration may take; then it is aborted and the VM keeps running on the source.
     type: int
@@ -376,7 +515,7 @@ actions:
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
-from ansible_collections.skygrid.fabric.plugins.module_utils.vm.args import VM_OPTIONS, vm_items
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.args import VM_ITEM_OPTIONS, VM_OPTIONS, vm_items
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm.lifecycle import VmLifecycle
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm.migration import COPY_MODES, Migration
 
@@ -384,12 +523,13 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.vm.migration import
 class VmModule(FabricModule):
     supports_check_mode = True
     argument_spec = dict(VM_OPTIONS, uri=dict(type="str", default="qemu:///system"),
-                         vms=dict(type="list", elements="dict"),
+                         vms=dict(type="list", elements="dict", options=VM_ITEM_OPTIONS),
                          parallel=dict(type="int", default=4),
                          migrate_to=dict(type="str"),
                          migrate_uri=dict(type="str"),
                          migrate_timeout=dict(type="int", default=600),
-                         migrate_copy_storage=dict(type="str", default="auto", choices=list(COPY_MODES)))
+                         migrate_copy_storage=dict(type="str", default="auto", choices=list(COPY_MODES)),
+                         migrate_tls=dict(type="bool"))
     module_kwargs = dict(mutually_exclusive=[("name", "vms"), ("migrate_to", "vms")],
                          required_one_of=[("name", "vms")])
 

@@ -61,8 +61,19 @@ def assert_unchanged(rc, output, what):
     assert recap(output)[1] == 0 and not changed, "%s changed something:\n  %s" % (what, listed)
 
 
-def sh(*args, check=True):
-    return subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=check)
+# Each demo VO's VMs form a cluster of their own (docs/SECURITY.md): its clients read the VO's slurm.conf.
+VOS = ("atlas", "lhcb")
+
+
+def vo_env(vo):
+    """The environment of Slurm commands in ``vo``'s cluster (None: the site's cluster)."""
+    return {"SLURM_CONF": "/etc/slurm/vo/%s/slurm.conf" % vo} if vo else None
+
+
+def sh(*args, check=True, vo=None):
+    """Run a command; with ``vo``, its Slurm commands talk to that VO's cluster."""
+    env = dict(os.environ, **vo_env(vo)) if vo else None
+    return subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=check, env=env)
 
 
 @pytest.fixture(scope="session")

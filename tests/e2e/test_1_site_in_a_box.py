@@ -8,10 +8,9 @@ import os
 import subprocess
 import time
 
-from conftest import ROOT, assert_unchanged, run_playbook, sh
+from conftest import ROOT, VOS, assert_unchanged, run_playbook, sh
 
 HOST = "localhost"
-VOS = ("atlas", "lhcb")
 SLOTS = ["%s-%s-1" % (HOST, vo) for vo in VOS]
 POOL_DIR = "/var/lib/skygrid/images"
 NODE = subprocess.run(["hostname", "-s"], stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
@@ -21,12 +20,17 @@ def virsh(*args):
     return sh("virsh", "-c", "qemu:///system", *args, check=False).stdout
 
 
-def slurm_nodes():
-    return set(sh("sinfo", "-h", "-N", "-o", "%N").stdout.split())
+def slurm_nodes(vo=None):
+    return set(sh("sinfo", "-h", "-N", "-o", "%N", vo=vo).stdout.split())
 
 
-def node_state(name):
-    return sh("sinfo", "-h", "-N", "-n", name, "-o", "%T").stdout.strip()
+def all_slurm_nodes():
+    """The nodes of the site's cluster and of every VO's."""
+    return set().union(slurm_nodes(), *(slurm_nodes(vo) for vo in VOS))
+
+
+def node_state(name, vo=None):
+    return sh("sinfo", "-h", "-N", "-n", name, "-o", "%T", vo=vo).stdout.strip()
 
 
 def leases():
@@ -42,14 +46,20 @@ def test_check_mode_shows_the_plan_and_changes_nothing(site):
     assert rc == 0, out[-3000:]
     for slot in SLOTS:
         assert slot in out and slot not in virsh("list", "--all", "--name")  # in the plan and the diff
-    assert not set(SLOTS) & slurm_nodes()
+    assert not set(SLOTS) & all_slurm_nodes()
     assert not set(SLOTS) & set(leases())
 
 
 def test_convert_is_idempotent_and_runs_each_vo_job_in_its_vm(converted_site):
     running = virsh("list", "--name").split()
     assert set(SLOTS) <= set(running)
-    assert all(node_state(slot) == "idle" for slot in SLOTS)
+    # Each VM is a node of its VO's own cluster only, with the name, address and features the site gave it.
+    for vo, slot in zip(VOS, SLOTS):
+        assert node_state(slot, vo) == "idle"
+        assert slurm_nodes(vo) == {slot}
+        node = sh("scontrol", "-o", "show", "node", slot, vo=vo).stdout
+        assert "AvailableFeatures=%s,vm " % vo in node and "NodeAddr=192.168.244." in node
+    assert not set(SLOTS) & slurm_nodes()  # not in the site's cluster
     assert node_state(NODE).startswith("drain")  # the physical node is out of the batch system
 
     rc, out = run_playbook("convert_worker_nodes")
@@ -58,9 +68,10 @@ def test_convert_is_idempotent_and_runs_each_vo_job_in_its_vm(converted_site):
     jobs = {}
     for vo in VOS:
         jobs[vo] = sh("sbatch", "--parsable", "--constraint=" + vo, "--chdir=/tmp", "--output=/dev/null",
-                      "--wrap", "echo SKYGRID-JOB $SLURM_JOB_ID ran on $(hostname) for %s > /dev/ttyS0" % vo).stdout.strip()
+                      "--wrap", "echo SKYGRID-JOB $SLURM_JOB_ID ran on $(hostname) for %s > /dev/ttyS0" % vo,
+                      vo=vo).stdout.strip()
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and sh("squeue", "-h", "-j", ",".join(jobs.values())).stdout.strip():
+    while time.monotonic() < deadline and any(sh("squeue", "-h", "-j", job, vo=vo).stdout.strip() for vo, job in jobs.items()):
         time.sleep(1)
     for vo, job in jobs.items():
         with open("/var/log/libvirt/qemu/%s-%s-1-console.log" % (HOST, vo), errors="replace") as handle:
@@ -85,7 +96,7 @@ def test_revert_leaves_nothing_behind(converted_site):
     assert not set(SLOTS) & set(virsh("list", "--all", "--name").split())
     assert not [name for name in os.listdir(POOL_DIR) if name.startswith(HOST + "-")]  # overlays and seeds
     assert not set(SLOTS) & set(leases())
-    assert not set(SLOTS) & slurm_nodes()
+    assert not set(SLOTS) & all_slurm_nodes()
     # Back online: schedulable again ("*" only says slurmctld has not heard from slurmd lately).
     assert node_state(NODE).rstrip("*") in ("idle", "mixed", "allocated")
     rc, out = run_playbook("revert_worker_nodes")

@@ -11,8 +11,9 @@ The tests share the converted site and run in this order, each leaving it as the
 3. the site is left as convert_worker_nodes makes it: a convert run afterwards changes nothing.
 
 Jobs are named ``sgrebal-*`` and cancelled before and after. A job of a VO that has no VM is submitted held
-and then released: Slurm refuses at submission a constraint no node has ("Requested node configuration is
-not available"), and keeps a released one waiting (BadConstraints) until a VM with the feature joins.
+and then released. Each VO's jobs go to its own cluster (docs/SECURITY.md), with no constraint: a cluster
+whose VO has no VM yet refuses a constraint at submission ("Invalid feature specification") but keeps a job
+waiting (PartitionConfig) until a VM of the VO joins. A job is named by (VO, id): each cluster counts its own.
 Every job writes a line to the VM's serial console, so where it ran is read from the console log."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, assert_unchanged, run_playbook, sh
+from conftest import ROOT, VOS, assert_unchanged, run_playbook, sh
 from modrun import run_module
 
 HOST = "localhost"
@@ -46,13 +47,17 @@ def vos_of(current):
 
 
 def our_jobs():
-    lines = sh("squeue", "-h", "-a", "-o", "%i %j %T %N").stdout.splitlines()
-    return {parts[0]: parts[2:] for parts in (line.split() for line in lines) if len(parts) >= 3 and parts[1].startswith(PREFIX)}
+    jobs = {}
+    for vo in VOS:
+        lines = sh("squeue", "-h", "-a", "-o", "%i %j %T %N", vo=vo).stdout.splitlines()
+        jobs.update({(vo, parts[0]): parts[2:] for parts in (line.split() for line in lines)
+                     if len(parts) >= 3 and parts[1].startswith(PREFIX)})
+    return jobs
 
 
 def cancel_jobs():
-    for job in our_jobs():
-        sh("scancel", job, check=False)
+    for vo, job in our_jobs():
+        sh("scancel", job, check=False, vo=vo)
     wait_for(lambda: not our_jobs(), 120, "our jobs to end")
 
 
@@ -67,16 +72,20 @@ def wait_for(predicate, timeout, what, interval=1.0):
 
 
 def submit(vo, name, seconds, *extra):
-    """A job of ``vo`` that writes where it runs to the VM's console; held, then released (see above)."""
+    """A job of ``vo`` in its cluster that writes where it runs to the VM's console; held, then released
+    (see above). Returns (vo, job id)."""
     command = "echo SGREBAL-JOB $SLURM_JOB_ID ran on $(hostname) > /dev/ttyS0; sleep %d" % seconds
-    job = sh("sbatch", "--parsable", "--hold", "-J", PREFIX + name, "--constraint=" + vo, "--chdir=/tmp",
-             "--output=/dev/null", *extra, "--wrap", command).stdout.strip().splitlines()[-1].split(";")[0]
-    sh("scontrol", "release", job)
-    return job
+    job = sh("sbatch", "--parsable", "--hold", "-J", PREFIX + name, "--chdir=/tmp",
+             "--output=/dev/null", *extra, "--wrap", command, vo=vo).stdout.strip().splitlines()[-1].split(";")[0]
+    sh("scontrol", "release", job, vo=vo)
+    return vo, job
 
 
 def job_state(job):
-    state = sh("squeue", "-h", "-j", job, "-o", "%T %N", check=False).stdout.split()
+    vo, job_id = job
+    state = sh("squeue", "-h", "-j", job_id, "-o", "%T %N", check=False, vo=vo).stdout.split()
+    if state and state[0] in ("slurm_load_jobs", "error:"):  # the job is gone (purged)
+        return (None, None)
     return (state + [None, None])[:2] if state else (None, None)
 
 
@@ -174,7 +183,7 @@ def test_preemption_requeues_a_busy_vm_only_when_allowed(rebalance_site):
     out = rebalance("-e", "@%s" % extra, "-e", "fabric_allow_preemption=true", *FAST)
     moves = planned_moves(out)
     assert [move[:3] for move in moves] == [(lhcb_vm, "lhcb", "atlas")], out[-3000:]
-    assert "(preempting %s)" % busy_lhcb in out
+    assert "(preempting %s)" % busy_lhcb[1] in out
     after = slots()
     assert lhcb_vm not in after and after[moves[0][3]]["metadata"]["vo"] == "atlas"
     assert after[atlas_vm]["uuid"] == current[atlas_vm]["uuid"]  # the busy atlas VM is not touched
@@ -182,7 +191,7 @@ def test_preemption_requeues_a_busy_vm_only_when_allowed(rebalance_site):
     # the lhcb job was requeued, not killed: it waits again (no lhcb VM is left to run it)
     state = job_state(busy_lhcb)[0]
     assert state in ("PENDING", "REQUEUED", "REQUEUE_HOLD"), state
-    assert "Restarts=1" in sh("scontrol", "-o", "show", "job", busy_lhcb).stdout
+    assert "Restarts=1" in sh("scontrol", "-o", "show", "job", busy_lhcb[1], vo="lhcb").stdout
     wait_for(lambda: all(job_state(job)[0] is None for job in waiting), 300, "the waiting atlas jobs to run")
     cancel_jobs()
 
@@ -230,7 +239,7 @@ def test_idle_atlas_vms_go_to_waiting_lhcb_jobs_and_busy_ones_stay(rebalance_sit
     wait_for(lambda: all(job_state(job)[0] is None for job in lhcb_jobs), 600, "the lhcb jobs to run")
     logs = "".join(console(name) for name in new_vms)
     for job in lhcb_jobs:
-        assert re.search(r"SGREBAL-JOB %s ran on (%s)\b" % (job, "|".join(map(re.escape, new_vms))), logs), job
+        assert re.search(r"SGREBAL-JOB %s ran on (%s)\b" % (job[1], "|".join(map(re.escape, new_vms))), logs), job
     assert job_state(long_job) == ["RUNNING", busy]
     cancel_jobs()
 

@@ -100,6 +100,20 @@ def munge_key(tmp_path):
     return path, key
 
 
+@pytest.fixture
+def vo_domain(tmp_path):
+    """The atlas VO's own cluster as the controller keeps it: its slurm.conf (port, munge socket) and key."""
+    conf_dir, key_dir = tmp_path / "slurm-vo", tmp_path / "munge-vo"
+    (conf_dir / "atlas").mkdir(parents=True)
+    (conf_dir / "atlas" / "slurm.conf").write_text(
+        "ClusterName=atlasvms\nSlurmctldPort=6821\nAuthType=auth/munge\n"
+        "AuthInfo=socket=/run/munge-vo/atlas/munge.socket.2\nPartitionName=atlas Nodes=ALL Default=YES\n")
+    key_dir.mkdir()
+    key = os.urandom(128)
+    (key_dir / "atlas.key").write_bytes(key)
+    return {"slurm_vo_conf_dir": str(conf_dir), "slurm_vo_munge_key_dir": str(key_dir)}, key
+
+
 def slurm_vm_context(tmp_path, munge_key_path, vms, **more):
     out = tmp_path / "user_data.json"
     play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
@@ -113,35 +127,7 @@ def slurm_vm_context(tmp_path, munge_key_path, vms, **more):
     return rc, output, (json.loads(out.read_text()) if out.exists() else None)
 
 
-def test_slurm_vm_user_data(tmp_path, munge_key):
-    key_path, key = munge_key
-    rc, output, data = slurm_vm_context(tmp_path, key_path, [
-        {"name": "wn042-atlas-1", "features": ["atlas", "vm"]},
-        {"name": "wn042-lhcb-1", "features": ["lhcb"], "conf": "RealMemory=3000"}])
-    assert rc == 0, output
-    assert sorted(data) == ["wn042-atlas-1", "wn042-lhcb-1"]
-    atlas = data["wn042-atlas-1"]
-    files = by_path(atlas)
-    assert sorted(files) == ["/etc/munge/munge.key", "/etc/systemd/system/slurmd.service.d/skygrid-dynamic.conf",
-                             "/usr/local/sbin/skygrid-slurm-join"]
-    munge = files["/etc/munge/munge.key"]
-    assert (munge["encoding"], munge["owner"], munge["permissions"]) == ("b64", "munge:munge", "0400")
-    assert base64.b64decode(munge["content"]) == key
-    assert atlas["runcmd"] == [["/usr/local/sbin/skygrid-slurm-join"]]
-
-    dropin = files["/etc/systemd/system/slurmd.service.d/skygrid-dynamic.conf"]["content"].splitlines()
-    assert "ConditionPathExists=" in dropin and "ExecStart=" in dropin
-    assert ('ExecStart=/usr/sbin/slurmd -D -s -Z -N wn042-atlas-1 --conf-server 10.20.0.1:6817 --conf "Feature=atlas,vm"'
-            in dropin)
-    lhcb = by_path(data["wn042-lhcb-1"])
-    assert ('--conf "Feature=lhcb RealMemory=3000"'
-            in lhcb["/etc/systemd/system/slurmd.service.d/skygrid-dynamic.conf"]["content"])
-
-    script = files["/usr/local/sbin/skygrid-slurm-join"]
-    assert script["permissions"] == "0755"
-    text = script["content"]
-    assert text.startswith("#!/bin/sh\n") and "NODE='wn042-atlas-1'" in text and "SERVER='10.20.0.1:6817'" in text
-    assert "CONF='Feature=atlas,vm'" in text
+def check_script(tmp_path, text):
     script_path = tmp_path / "join.sh"
     script_path.write_text(text)
     assert subprocess.run(["sh", "-n", str(script_path)], check=False).returncode == 0
@@ -149,15 +135,65 @@ def test_slurm_vm_user_data(tmp_path, munge_key):
         check = subprocess.run(["shellcheck", "-s", "sh", str(script_path)], stdout=subprocess.PIPE, universal_newlines=True, check=False)
         assert check.returncode == 0, check.stdout
 
-    # the key never shows in the output, even with -v, in any form
-    assert munge["content"] not in output
-    assert key.hex() not in output
+
+def test_slurm_vm_user_data(tmp_path, munge_key, vo_domain):
+    """A VO-built VM gets its VO cluster's key, port and socket and declares nothing; only a VM of a
+    site-built image (slurm_site_vos) gets the site's key."""
+    key_path, key = munge_key
+    domain, vo_key = vo_domain
+    rc, output, data = slurm_vm_context(tmp_path, key_path, [
+        {"name": "wn042-atlas-1", "vo": "atlas", "features": ["atlas", "vm"], "conf": "NodeAddr=10.20.0.17"},
+        {"name": "wn042-site-1", "vo": "site", "features": ["site"], "conf": "RealMemory=3000"}],
+        slurm_site_vos=["site"], **domain)
+    assert rc == 0, output
+    assert sorted(data) == ["wn042-atlas-1", "wn042-site-1"]
+    atlas = data["wn042-atlas-1"]
+    files = by_path(atlas)
+    assert sorted(files) == ["/etc/munge/munge.key", "/etc/systemd/system/slurmd.service.d/skygrid-dynamic.conf",
+                             "/etc/tmpfiles.d/skygrid-munge-vo.conf", "/usr/local/sbin/skygrid-slurm-join"]
+    munge = files["/etc/munge/munge.key"]
+    assert (munge["encoding"], munge["owner"], munge["permissions"]) == ("b64", "munge:munge", "0400")
+    assert base64.b64decode(munge["content"]) == vo_key  # the VO's key, never the site's
+    assert atlas["runcmd"] == [["/usr/local/sbin/skygrid-slurm-join"]]
+    dropin = files["/etc/systemd/system/slurmd.service.d/skygrid-dynamic.conf"]["content"].splitlines()
+    assert "ConditionPathExists=" in dropin and "ExecStart=" in dropin
+    assert "ExecStart=/usr/sbin/slurmd -D -s -Z -N wn042-atlas-1 --conf-server 10.20.0.1:6821" in dropin
+    tmpfiles = files["/etc/tmpfiles.d/skygrid-munge-vo.conf"]["content"]
+    assert "L+ /run/munge-vo/atlas/munge.socket.2 - - - - /run/munge/munge.socket.2" in tmpfiles
+    text = files["/usr/local/sbin/skygrid-slurm-join"]["content"]
+    assert files["/usr/local/sbin/skygrid-slurm-join"]["permissions"] == "0755"
+    assert text.startswith("#!/bin/sh\n") and "NODE='wn042-atlas-1'" in text and "SERVER='10.20.0.1:6821'" in text
+    assert "CONF=''" in text and "AUTH_SOCKET='/run/munge-vo/atlas/munge.socket.2'" in text
+    check_script(tmp_path, text)
+
+    site = by_path(data["wn042-site-1"])
+    assert base64.b64decode(site["/etc/munge/munge.key"]["content"]) == key
+    assert "/etc/tmpfiles.d/skygrid-munge-vo.conf" not in site
+    assert ('--conf-server 10.20.0.1:6817 --conf "Feature=site RealMemory=3000"'
+            in site["/etc/systemd/system/slurmd.service.d/skygrid-dynamic.conf"]["content"])
+    check_script(tmp_path, site["/usr/local/sbin/skygrid-slurm-join"]["content"])
+
+    # neither key shows in the output, even with -v, in any form
+    for secret in (key, vo_key):
+        assert base64.b64encode(secret).decode() not in output and secret.hex() not in output
     assert "censored" in output
+
+
+def test_slurm_vo_vm_never_gets_the_site_key(tmp_path, munge_key, vo_domain):
+    """Without a cluster of its own on the controller, a VO-built VM gets no contextualisation at all."""
+    key_path, key = munge_key
+    domain, _vo_key = vo_domain
+    rc, output, data = slurm_vm_context(tmp_path, key_path, [{"name": "wn1-lhcb-1", "vo": "lhcb", "features": ["lhcb"]}],
+                                        **domain)
+    assert rc != 0 and data is None
+    assert "VO lhcb has no trust domain" in output and "slurm_site_vos" in output
+    assert base64.b64encode(key).decode() not in output
 
 
 def test_slurm_vm_user_data_rejects_unsafe_conf(tmp_path, munge_key):
     key_path, key = munge_key
-    rc, output, data = slurm_vm_context(tmp_path, key_path, [{"name": "wn1", "features": ["atlas"], "conf": "X=\"a\"; rm -rf /"}])
+    rc, output, data = slurm_vm_context(tmp_path, key_path, [{"name": "wn1", "vo": "site", "features": ["atlas"],
+                                                              "conf": "X=\"a\"; rm -rf /"}], slurm_site_vos=["site"])
     assert rc != 0 and "conf holds only slurmd node parameters" in output and data is None
 
 

@@ -3,11 +3,12 @@ diff, the vms list, the tiny guest reading its NoCloud seed and DHCP lease, and 
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 
 import pytest
-from conftest import BASE_VOLUME, GUEST_IP, GUEST_MAC, NETWORK, POOL, PREFIX, URI, wait_for
+from conftest import BASE_VOLUME, GUEST_IP, GUEST_MAC, NET_PREFIX, NETWORK, POOL, PREFIX, URI, wait_for
 from modrun import run_module
 
 pytestmark = pytest.mark.libvirt
@@ -91,7 +92,7 @@ def test_check_mode_changes_nothing_and_diff_shows_the_spec(conn, pool, base_vol
 def test_update_in_place_keeps_uuid_and_macs(conn, pool, base_volume, network):
     name = PREFIX + "-update"
     spec = vm(name=name, state="running", disks=[{"pool": POOL, "base_volume": BASE_VOLUME}],
-              nics=[{"network": NETWORK}], metadata={"vo": "atlas"})
+              nics=[{"network": NETWORK, "ip": NET_PREFIX + ".31"}], metadata={"vo": "atlas"})
     created = ok(run_module("vm", spec))["vm"]
     bigger = ok(run_module("vm", dict(spec, vcpus=2, memory_mb=96), diff=True))
     assert bigger["changed"] and bigger["restart_required"] is True
@@ -169,6 +170,30 @@ def test_tiny_guest_boots_reads_seed_and_gets_its_lease(conn, pool, base_volume,
     assert not {name + "-vda.qcow2", name + "-cidata.iso"} & volumes(pool)
 
 
+def _file_mode(pool, volume_name):
+    pool.refresh(0)
+    return os.stat(pool.storageVolLookupByName(volume_name).path()).st_mode & 0o777
+
+
+def test_seed_volume_is_readable_by_its_owner_only(conn, pool, base_volume):
+    name = PREFIX + "-seedmode"
+    seed = name + "-cidata.iso"
+    spec = vm(name=name, disks=[{"pool": POOL, "base_volume": BASE_VOLUME}],
+              cloud_init={"user_data": "#cloud-config\n#secret: one\n"})
+    ok(run_module("vm", spec))
+    assert _file_mode(pool, seed) == 0o600
+    # A seed an older release left world-readable is remade private, content unchanged or not.
+    os.chmod(pool.storageVolLookupByName(seed).path(), 0o644)
+    pool.refresh(0)
+    assert ok(run_module("vm", spec))["changed"] is True
+    assert _file_mode(pool, seed) == 0o600
+    os.chmod(pool.storageVolLookupByName(seed).path(), 0o644)
+    pool.refresh(0)
+    ok(run_module("vm", dict(spec, cloud_init={"user_data": "#cloud-config\n#secret: two\n"})))
+    assert _file_mode(pool, seed) == 0o600
+    ok(run_module("vm", dict(spec, state="absent")))
+
+
 def test_absent_removes_volumes_left_by_an_interrupted_run(conn, pool):
     name = PREFIX + "-orphan"
     pool.createXML("<volume><name>%s-vda.qcow2</name><capacity>1048576</capacity>"
@@ -195,7 +220,10 @@ def test_switching_base_image_in_place_is_refused(conn, pool, base_volume):
 @pytest.mark.parametrize("args, field, words", [
     ({"disks": [{"pool": POOL, "base_volume": "nope.qcow2"}]}, "disks[0].base_volume", "stage the image"),
     ({"disks": [{"pool": "sgtest-nopool", "size_gb": 1}]}, "disks[0].pool", "libvirt_pool"),
-    ({"nics": [{"network": "sgtest-nonet"}]}, "nics[0].network", "libvirt_network"),
+    ({"nics": [{"network": "sgtest-nonet", "ip": NET_PREFIX + ".32"}]}, "nics[0].network", "libvirt_network"),
+    ({"nics": [{"network": NETWORK}]}, "nics[0].ip", "allow_address_spoofing: true"),
+    ({"nics": [{"network": NETWORK, "ip": NET_PREFIX + ".32", "filter": "none"}]}, "nics[0].filter",
+     "allow_address_spoofing: true"),
     ({"name": "bad name!"}, "name", "letters, digits"),
     ({"vcpus": 4096}, "vcpus", "logical CPUs"),
     ({"memory_mb": 64 * 1024 * 1024}, "memory_mb", "lower memory_mb"),
@@ -219,4 +247,22 @@ def test_one_bad_item_in_a_list_changes_nothing(conn, pool, base_volume):
     dup = run_module("vm", vm(vms=[{"name": good}, {"name": good}]))
     assert dup.failed and dup["field"] == "vms[1].name"
     typo = run_module("vm", vm(vms=[{"name": good, "vcpu": 2}]))
-    assert typo.failed and typo["field"] == "vms[0]" and "vcpu" in typo["msg"]
+    assert typo.failed and "vms.vcpu" in typo["msg"] and dom_state(conn, good) == "absent"
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_secrets_in_vms_items_never_appear_in_the_result(conn, pool, base_volume, check):
+    secret, nested = "munge-" + uuid.uuid4().hex, "token-" + uuid.uuid4().hex
+    names = [PREFIX + "-nolog-1", PREFIX + "-nolog-2"]
+    call = vm(disks=[{"pool": POOL, "base_volume": BASE_VOLUME}], vms=[
+        {"name": names[0], "cloud_init": {"user_data": "#cloud-config\n#key: %s\n" % secret}},
+        {"name": names[1], "cloud_init": {"user_data": {"write_files": [{"content": nested}]}}}])
+    result = run_module("vm", call, check=check, diff=True)
+    assert not result.failed, result.get("msg")
+    assert "invocation" in result
+    text = json.dumps(result)
+    assert secret not in text and nested not in text
+    failed = run_module("vm", dict(call, vms=call["vms"] + [{"name": PREFIX + "-nolog-3", "disks": [
+        {"pool": POOL, "base_volume": "missing.qcow2"}], "cloud_init": {"user_data": secret}}]))
+    assert failed.failed and secret not in json.dumps(failed)
+    ok(run_module("vm", vm(vms=[{"name": n, "state": "absent"} for n in names])))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import xml.etree.ElementTree as ET
 
 import pytest
 from conftest import ROOT, URI, wait_for
@@ -61,6 +62,11 @@ def volumes(hv):
     return set(pool.listVolumes())
 
 
+def seed_mode(hv):
+    vol = hv.storagePoolLookupByName(POOL).storageVolLookupByName(NAME + "-cidata.iso")
+    return ET.fromstring(vol.XMLDesc(0)).findtext("target/permissions/mode")
+
+
 def test_migrate_there_and_back_keeps_the_guest_running(conn, guest, second_host):
     b_uri, b_conn = second_host
     for path in (A_LOG, B_LOG):
@@ -80,6 +86,7 @@ def test_migrate_there_and_back_keeps_the_guest_running(conn, guest, second_host
         conn.lookupByName(NAME)
     assert not {NAME + "-vda.qcow2", NAME + "-cidata.iso"} & volumes(conn)  # the source's copies are gone
     assert {NAME + "-vda.qcow2", NAME + "-cidata.iso"} <= volumes(b_conn)
+    assert seed_mode(b_conn) == "0600"  # the copied seed is as private as the original
     last_on_a = max(ticks(A_LOG))
     wait_for(lambda: ticks(B_LOG) and max(ticks(B_LOG)) > last_on_a + 1, 30, what="ticks on host B")
     assert min(ticks(B_LOG)) <= last_on_a + 2  # the counter went on: no reboot
@@ -94,6 +101,7 @@ def test_migrate_there_and_back_keeps_the_guest_running(conn, guest, second_host
     last_on_b = max(ticks(B_LOG))
     wait_for(lambda: max(ticks(A_LOG)) > last_on_b + 1, 30, what="ticks back on host A")
     assert not {NAME + "-vda.qcow2", NAME + "-cidata.iso"} & volumes(b_conn)
+    assert seed_mode(conn) == "0600"
     # Home again, the definition is the one the module wrote: nothing to change, no restart pending.
     settled = ok(run_module("vm", spec))
     assert settled["changed"] is False and settled["restart_required"] is False

@@ -18,7 +18,7 @@ def full_params(**over):
                   {"pool": "scratch", "size_gb": 50},
                   {"pool": "images", "volume": "shared.raw", "format": "raw", "readonly": True}],
         "nics": [{"network": "vmnet", "ip": "10.0.0.5", "mac": "52:54:00:AA:BB:CC"},
-                 {"bridge": "br0"}],
+                 {"bridge": "br0", "ip": "10.1.0.5"}],
         "cloud_init": {"user_data": {"runcmd": ["true"]}},
         "kernel": "/boot/vmlinuz", "initrd": "/boot/initrd.img", "cmdline": "console=ttyS0",
         "metadata": {"vo": "atlas", "trust_class": 2, "image_id": "img-1", "image_sha512": SHA.upper()},
@@ -48,18 +48,26 @@ def test_xml_places_seed_after_disks_and_filters_ip():
 
 
 def test_mac_is_kept_from_existing_and_derived_stably():
-    spec = vm_spec.normalise(full_params(nics=[{"network": "n"}, {"network": "n"}]))[0]
-    again = vm_spec.normalise(full_params(nics=[{"network": "n"}, {"network": "n"}]))[0]
+    two = [{"network": "n", "ip": "10.0.0.7"}, {"network": "n", "ip": "10.0.0.8"}]
+    spec = vm_spec.normalise(full_params(nics=two))[0]
+    again = vm_spec.normalise(full_params(nics=two))[0]
     assert [n["mac"] for n in spec["nics"]] == [n["mac"] for n in again["nics"]]
     assert spec["nics"][0]["mac"] != spec["nics"][1]["mac"]
     assert spec["nics"][0]["mac"].startswith("52:54:00:")
     existing = {"nics": [{"mac": "52:54:00:01:02:03"}]}
-    kept = vm_spec.normalise(full_params(nics=[{"network": "n"}]), existing=existing)[0]
+    kept = vm_spec.normalise(full_params(nics=two[:1]), existing=existing)[0]
     assert kept["nics"][0]["mac"] == "52:54:00:01:02:03"
 
 
-def test_no_filter_without_ip_and_explicit_none():
-    spec = vm_spec.normalise(full_params(nics=[{"network": "n"}, {"network": "n", "ip": "10.0.0.9", "filter": "none"}]))[0]
+def test_unfiltered_nics_need_the_sites_explicit_consent():
+    unfiltered = [{"network": "n"}, {"network": "n", "ip": "10.0.0.9", "filter": "none"}]
+    with pytest.raises(FabricError) as err:
+        vm_spec.normalise(full_params(nics=unfiltered))
+    assert err.value.field == "nics[0].ip" and "allow_address_spoofing: true" in str(err.value)
+    with pytest.raises(FabricError) as err:
+        vm_spec.normalise(full_params(nics=unfiltered[1:]))
+    assert err.value.field == "nics[0].filter" and "allow_address_spoofing: true" in str(err.value)
+    spec = vm_spec.normalise(full_params(nics=unfiltered, allow_address_spoofing=True))[0]
     assert spec["nics"][0]["filter"] is None and spec["nics"][1]["filter"] is None
 
 
@@ -122,8 +130,10 @@ def test_disk_targets():
     ({"nics": [{"network": "n", "user": True}]}, "nics[0]"),
     ({"nics": [{}]}, "nics[0]"),
     ({"nics": [{"user": True, "ip": "10.0.2.15"}]}, "nics[0].ip"),
-    ({"nics": [{"network": "n", "mac": "zz:54:00:00:00:01"}]}, "nics[0].mac"),
-    ({"nics": [{"network": "n", "mac": "53:54:00:00:00:01"}]}, "nics[0].mac"),
+    ({"nics": [{"network": "n", "ip": "10.0.0.2", "mac": "zz:54:00:00:00:01"}]}, "nics[0].mac"),
+    ({"nics": [{"network": "n", "ip": "10.0.0.2", "mac": "53:54:00:00:00:01"}]}, "nics[0].mac"),
+    ({"nics": [{"network": "n"}]}, "nics[0].ip"),
+    ({"nics": [{"network": "n", "ip": "10.0.0.2", "filter": ""}]}, "nics[0].filter"),
     ({"nics": [{"network": "n", "ip": "10.0.0.300"}]}, "nics[0].ip"),
     ({"nics": [{"network": "n", "filter": "clean-traffic"}]}, "nics[0].ip"),
     ({"metadata": {"trust_class": 4}}, "metadata.trust_class"),

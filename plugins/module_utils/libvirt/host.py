@@ -140,6 +140,27 @@ def kvm_device_warning(device="/dev/kvm"):
             % (device, stat.S_IMODE(st.st_mode), _group_name(st.st_gid), device, device))
 
 
+# libvirt's security drivers that confine each QEMU process (DAC alone only changes its user).
+CONFINING_MODELS = ("apparmor", "selinux")
+
+
+def security_models(conn):
+    """The security drivers libvirt applies to QEMU here (capabilities: host/secmodel/model)."""
+    root = ET.fromstring(conn.getCapabilities())
+    return [model.text for model in root.findall("host/secmodel/model") if model.text]
+
+
+def confinement_warning(models):
+    """A warning when no security driver confines QEMU (a VM that escapes into its QEMU process can
+    then reach everything QEMU's user can, other VMs' disks and seeds included), else None."""
+    if any(model in CONFINING_MODELS for model in models):
+        return None
+    return ("no security driver confines QEMU on this host (libvirt reports %s): a guest that escapes into its "
+            "QEMU process is limited only by QEMU's Unix user, which every VM shares. Enable AppArmor (Debian, "
+            "Ubuntu) or SELinux (RHEL) so libvirt gives each VM its own profile or label (sVirt)."
+            % (", ".join(models) or "none"))
+
+
 def _group_name(gid):
     try:
         return grp.getgrgid(gid).gr_name
@@ -174,6 +195,7 @@ def facts(conn, uri):
         "hypervisor": conn.getType(),
         "hypervisor_version": _version_string(conn.getVersion()),
         "nwfilters": sorted(conn.listNWFilters()),
+        "security_models": security_models(conn),
         "domain_count": len(domains),
         "running_domain_count": sum(1 for dom in domains if dom.isActive()),
         "bindings_version": _version_string(libvirt.getVersion()),

@@ -13,6 +13,8 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection 
     libvirt, libvirt_errors, lookup)
 
 GIB = 1024 ** 3
+# Volumes this collection creates are readable by their owner only (libvirt hands them to QEMU).
+PRIVATE_MODE = "0600"
 
 
 def pool_by_name(conn, name, field):
@@ -46,7 +48,7 @@ def _volume_xml(name, capacity, backing=None):
     target = ET.SubElement(vol, "target")
     ET.SubElement(target, "format", type="qcow2")
     perms = ET.SubElement(target, "permissions")
-    ET.SubElement(perms, "mode").text = "0600"
+    ET.SubElement(perms, "mode").text = PRIVATE_MODE
     if backing:
         path, fmt = backing
         store = ET.SubElement(vol, "backingStore")
@@ -73,16 +75,33 @@ def _create(pool, name, capacity, backing, field):
         return pool.createXML(_volume_xml(name, capacity, backing), 0)
 
 
+def volume_mode(vol):
+    """The volume's permission bits as libvirt reports them (an octal string), or None."""
+    mode = ET.fromstring(vol.XMLDesc(0)).find("target/permissions/mode")
+    return mode.text.strip() if mode is not None and mode.text else None
+
+
+def is_private(vol):
+    """True when no one but the volume's owner may read it."""
+    return not int(volume_mode(vol) or "0644", 8) & 0o077
+
+
+def _private_raw_xml(name, capacity):
+    return ("<volume><name>%s</name><capacity unit='bytes'>%d</capacity><target><format type='raw'/>"
+            "<permissions><mode>%s</mode></permissions></target></volume>" % (name, capacity, PRIVATE_MODE))
+
+
 def upload(conn, pool, name, data, field=None):
-    """Write ``data`` into a raw volume (created or resized as needed) through a libvirt stream,
-    so it works for remote hypervisors too."""
+    """Write ``data`` into a private (0600) raw volume, created or resized as needed, through a libvirt
+    stream so it works for remote hypervisors too. A seed carries credentials: a volume left readable
+    by others (an older run made them 0644) is remade rather than written into."""
     with libvirt_errors("uploading volume '%s' to pool '%s'" % (name, pool.name()), field):
         vol = volume(pool, name)
+        if vol is not None and not is_private(vol):
+            vol.delete(0)
+            vol = None
         if vol is None:
-            xml = "<volume><name>%s</name><capacity unit='bytes'>%d</capacity>" \
-                  "<target><format type='raw'/><permissions><mode>0644</mode></permissions></target></volume>" \
-                  % (name, len(data))
-            vol = pool.createXML(xml, 0)
+            vol = pool.createXML(_private_raw_xml(name, len(data)), 0)
         elif vol.info()[1] < len(data):
             vol.resize(len(data), 0)
         stream = conn.newStream(0)

@@ -195,7 +195,7 @@ def batch_nodes(plan, vos, leases=None):
     for slot in plan:
         batch = (vos.get(slot["vo"]) or {}).get("batch") or {}
         properties = list(batch.get("properties") or [slot["vo"], "vm"])
-        node = {"name": slot["name"], "cores": slot["vcpus"], "memory_mb": slot["memory_mb"],
+        node = {"name": slot["name"], "vo": slot["vo"], "cores": slot["vcpus"], "memory_mb": slot["memory_mb"],
                 "properties": properties, "features": properties}
         lease = (leases or {}).get(slot["name"])
         if lease and lease.get("ip"):

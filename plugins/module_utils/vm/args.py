@@ -36,6 +36,7 @@ VM_OPTIONS = dict(
         filter=dict(type="str"),
         model=dict(type="str", default="virtio"),
     )),
+    allow_address_spoofing=dict(type="bool", default=False),
     cloud_init=dict(type="dict", options=dict(
         user_data=dict(type="raw", no_log=True),  # may carry credentials (munge key, tokens)
         meta_data=dict(type="raw"),
@@ -51,6 +52,15 @@ VM_OPTIONS = dict(
     shutdown_timeout=dict(type="int", default=120),
     force=dict(type="bool", default=False),
 )
+
+
+def _without_defaults(options):
+    """The options of a ``vms`` item: the same keys (so Ansible masks their no_log values at every
+    level), without defaults of their own, since a key an item leaves out takes the top-level value."""
+    return {key: {attr: value for attr, value in spec.items() if attr != "default"} for key, spec in options.items()}
+
+
+VM_ITEM_OPTIONS = _without_defaults(VM_OPTIONS)
 
 # Top-level values are the defaults of every ``vms`` item: an item is validated against this.
 _ITEM_VALIDATOR = ArgumentSpecValidator(VM_OPTIONS)
@@ -76,10 +86,6 @@ def vm_items(params):
     for index, item in enumerate(params["vms"]):
         merged = _drop_none(shared)
         merged.update(_drop_none(item))
-        unknown = sorted(set(item) - set(VM_OPTIONS))
-        if unknown:
-            raise FabricError("unknown keys %s; items take the same keys as a single VM" % ", ".join(unknown),
-                              field="vms[%d]" % index)
         result = _ITEM_VALIDATOR.validate(merged)
         if result.error_messages:
             raise FabricError("; ".join(result.error_messages), field="vms[%d]" % index)

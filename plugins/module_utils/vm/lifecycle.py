@@ -241,7 +241,8 @@ class VmLifecycle:
         if seed:
             pool = storage.pool_by_name(self.conn, seed["pool"], "seed_pool")
             old_seed = plan.current["seed"] if plan.current else None
-            if storage.volume(pool, seed["volume"]) is None or old_seed != seed:
+            present = storage.volume(pool, seed["volume"])
+            if present is None or old_seed != seed or not storage.is_private(present):
                 reconciler.act("write NoCloud seed %s/%s" % (seed["pool"], seed["volume"]),
                                lambda: storage.upload(self.conn, pool, seed["volume"],
                                                       build_seed(plan.seed_content), "cloud_init"))

@@ -24,6 +24,16 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection 
 COPY_MODES = ("auto", "always", "never")
 
 
+def migrate_over_tls(dst_uri, migrate_tls=None):
+    """Whether the migration stream itself (the VM's RAM, with its keys and proxies) goes through QEMU's
+    TLS: as asked, or, left unset, whenever the destination is reached over TLS (``qemu+tls://``) - a
+    TLS control connection alone would still send the RAM in clear."""
+    if migrate_tls is not None:
+        return bool(migrate_tls)
+    scheme = (dst_uri or "").split(":", 1)[0]
+    return scheme.endswith("+tls")
+
+
 def _copy_stream(src_conn, src_vol, dst_conn, dst_pool, name):
     """Copy a (small, raw) volume between hosts through libvirt streams."""
     size = src_vol.info()[1]
@@ -149,6 +159,8 @@ class Migration:
     def _migrate(self, dom, spec, copy_targets):
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_ABORT_ON_ERROR)
+        if migrate_over_tls(self.dst_uri, self.params.get("migrate_tls")):
+            flags |= libvirt.VIR_MIGRATE_TLS
         params = {libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)}
         if copy_targets:
             flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC

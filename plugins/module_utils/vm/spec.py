@@ -111,7 +111,13 @@ def _normalise_disks(name, disks, default_pool):
     return result
 
 
-def _normalise_nics(name, nics, existing_macs):
+_SPOOFING_CONSENT = ("or, if the site accepts that this VM may forge source addresses on that network, "
+                     "set allow_address_spoofing: true")
+
+
+def _normalise_nics(name, nics, existing_macs, allow_spoofing=False):
+    """A NIC without the anti-spoofing filter lets root in the VM send as any address: refused unless
+    the site consents explicitly (``allow_spoofing``)."""
     result = []
     for index, nic in enumerate(nics or []):
         path = "nics[%d]" % index
@@ -141,6 +147,13 @@ def _normalise_nics(name, nics, existing_macs):
             nic_filter = None
         if nic_filter == DEFAULT_FILTER and not ip:
             raise _field(path + ".ip", "is required with the clean-traffic filter: it is the only address the VM may use")
+        # A user-mode NIC (QEMU's own NAT) shares no L2 segment: there is no address to forge on it.
+        if not allow_spoofing and not user and not ip:
+            raise _field(path + ".ip", "is required: without the VM's address the NIC gets no anti-spoofing filter; "
+                                       "give it (skygrid.fabric.ip_lease leases one) " + _SPOOFING_CONSENT)
+        if not allow_spoofing and not user and nic_filter is None:
+            raise _field(path + ".filter", "'none' attaches no anti-spoofing filter; leave filter out (clean-traffic "
+                                           "is the default) " + _SPOOFING_CONSENT)
         result.append({
             "network": network,
             "bridge": bridge,
@@ -229,7 +242,7 @@ def normalise(params, existing=None):
         "initrd": boot["initrd"],
         "cmdline": boot["cmdline"],
         "disks": disks,
-        "nics": _normalise_nics(name, params.get("nics"), existing_macs),
+        "nics": _normalise_nics(name, params.get("nics"), existing_macs, bool(params.get("allow_address_spoofing"))),
         "seed": seed,
         "console_log": params.get("console_log") if params.get("console_log") is not None
         else "/var/log/libvirt/qemu/%s-console.log" % name,
