@@ -16,7 +16,7 @@ options:
         are the same attribute.
       - Each endorser pins its CA by the certificate itself, not only by name - give exactly one of
         O(endorsers[].ca_sha256) and O(endorsers[].ca_cert). The signer's chain must end at that
-        certificate: a certificate with the right names made by another CA (even one in O(ca_path)) is refused.
+        certificate; a certificate with the right names made by another CA (even one in O(ca_path)) is refused.
     type: list
     elements: dict
     suboptions:

@@ -21,8 +21,8 @@ def network(**params):
 
 
 def vm(**params):
-    return vm_spec.normalise(dict({"name": "wn1-atlas-1", "virt_type": "qemu", "disks": [{"pool": "images",
-                                                                                        "size_gb": 1}]}, **params))
+    base = {"name": "wn1-atlas-1", "virt_type": "qemu", "disks": [{"pool": "images", "size_gb": 1}]}
+    return vm_spec.normalise(dict(base, **params))
 
 
 CASES = {

@@ -21,6 +21,7 @@ SYSTEM_DIRS = frozenset(("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", 
                          "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local",
                          "/usr/sbin", "/usr/share", "/var", "/var/lib", "/var/lib/libvirt", "/var/log", "/var/tmp"))
 
+
 def normalise(params):
     name = params.get("name")
     if not name or not vm_spec.NAME_RE.match(str(name)):

@@ -95,8 +95,9 @@ def _normalise_disks(name, disks, default_pool):
                                "disk) or 'volume' (an existing volume to attach)")
         for key, value in (("volume", volume), ("base_volume", base_volume)):
             if value and (not VOLUME_NAME_RE.match(str(value)) or ".." in str(value)):
-                raise _field("%s.%s" % (path, key), "%r is not a volume name in the pool: give the name libvirt lists "
-                                                     "(virsh vol-list POOL), without '/' or '..'" % (value,))
+                raise _field("%s.%s" % (path, key),
+                             "%r is not a volume name in the pool: give the name libvirt lists (virsh vol-list "
+                             "POOL), without '/' or '..'" % (value,))
         if size_gb is not None:
             size_gb = _positive_int(size_gb, path + ".size_gb")
         target = disk_target(index)
