@@ -496,7 +496,9 @@ def test_a_volume_recorded_for_another_vo_is_never_replaced(env, pool):
     assert tree() == before
 
 
-def test_an_image_staged_under_an_old_name_is_staged_again_and_pruned(env, pool):
+def test_an_image_staged_under_an_old_name_stays_in_use(env, pool):
+    """After an upgrade, an image the previous release staged as <vo>-<id>-<version>.qcow2 (VMs have overlays
+    on it) is that image: not staged again, not pruned while the list holds it."""
     url = env.publish("o.list", [env.entry("a1.qcow2", "img-a")])
     staged = ok(run_module("vo_image", env.args(url, image="img-a")))["image"]
     old = "atlas-img-a-1.qcow2"  # the name the previous release gave it
@@ -510,7 +512,12 @@ def test_an_image_staged_under_an_old_name_is_staged_again_and_pruned(env, pool)
         json.dump(record, handle)
     pool.refresh(0)
     result = ok(run_module("vo_image", env.args(url, image="img-a", prune=True)))
-    assert result["pruned"] == [old] and volumes(pool) == ["atlas+img-a+1.qcow2"]
+    assert result["changed"] is False and result["pruned"] == []
+    assert result["image"]["volume"] == old and volumes(pool) == [old]
+    # The VO publishes a new version: it gets the new name, and the old one is pruned once unused.
+    env.publish("o.list", [env.entry("a2.qcow2", "img-a", version="2")])
+    result = ok(run_module("vo_image", env.args(url, image="img-a", prune=True)))
+    assert result["image"]["volume"] == "atlas+img-a+2.qcow2" and result["pruned"] == [old]
 
 
 def test_a_staged_volume_changed_on_disk_is_reported(env, pool):

@@ -212,9 +212,14 @@ class ImageStager:
 
     def ensure(self, item):
         """Stage one item unless its volume is already the same image. Returns the item's result."""
-        volume = item["volume"]
         field = item["field"]
-        vol = storage.volume(self.pool, volume)
+        vol = storage.volume(self.pool, item["volume"])
+        if vol is None:  # staged by an earlier release under a name of the old scheme? Then that one is it.
+            legacy = self._legacy_volume(item)
+            if legacy is not None:
+                item = dict(item, volume=legacy)
+                vol = storage.volume(self.pool, legacy)
+        volume = item["volume"]
         record = self.store.read_record(volume)
         path = self.store.volume_path(volume)
         result = {"image_id": item["image_id"], "title": item["title"], "version": item["version"],
@@ -383,8 +388,7 @@ class ImageStager:
         for record in self.store.records():
             if record.get("vo") != self.vo or record.get("trust_class") not in trust_classes:
                 continue
-            if (record.get("image_id"), record.get("image_version"), record.get("sha512")) in keep \
-                    and record.get("volume") == self._canonical_name(record):
+            if (record.get("image_id"), record.get("image_version"), record.get("sha512")) in keep:
                 continue
             users = users_of(self.conn, self.store, record["volume"])
             if users:
@@ -393,13 +397,15 @@ class ImageStager:
                 candidates.append(record)
         return self.remove(candidates, event="pruned"), kept
 
-    def _canonical_name(self, record):
-        """The name a record's image is staged under now (None when its parts are no longer valid): an image
-        staged under an older naming scheme is staged again under this one, and the old volume pruned."""
-        try:
-            return volume_name(record.get("vo"), record.get("image_id"), record.get("image_version"))
-        except FabricError:
-            return None
+    def _legacy_volume(self, item):
+        """The volume an earlier release staged this very image under (``<vo>-<id>[-<version>].qcow2``): its
+        record names this VO, image, version and sha512. It stays in use (VMs have overlays on it) until the
+        image leaves the list and is pruned; new images get the unambiguous names."""
+        legacy = "-".join(part for part in (self.vo, item["image_id"], item["version"]) if part) + ".qcow2"
+        record = self.store.read_record(legacy)
+        if record and self._same_image(record, item) and storage.volume(self.pool, legacy) is not None:
+            return legacy
+        return None
 
     def log(self, event, record):
         """Append one JSON line to the site's provenance log."""
