@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/collections
 
-.PHONY: demo demo-clean demo-vm e2e test deps testbed guest lint sanity unit integration molecule bench build clean
+.PHONY: demo demo-clean demo-vm e2e faults faults-sample test deps testbed guest lint sanity unit integration molecule bench build clean
 
 deps:
 	scripts/install-deps.sh
@@ -36,6 +36,7 @@ test: deps
 	$(MAKE) integration
 	$(MAKE) molecule
 	$(MAKE) e2e
+	$(MAKE) faults-sample
 
 lint:
 	scripts/lint.sh
@@ -56,8 +57,17 @@ molecule:
 e2e:
 	pytest -q tests/e2e
 
+# The fault campaign (tests/faults/harness.py, docs/RELIABILITY.md): every kill point, daemon restart
+# and QEMU kill; `make test` runs a sample of it (faults-sample).
+faults: testbed guest
+	python tests/faults/harness.py --points all
+
+faults-sample:
+	pytest -q tests/faults
+
 bench: testbed
 	python bench/vm_lifecycle/run.py --json .cache/bench/vm_lifecycle.json
+	python bench/converge/run.py --json .cache/bench/converge.json
 
 build:
 	ansible-galaxy collection build --force --output-path .cache/dist .

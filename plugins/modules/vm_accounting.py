@@ -20,7 +20,7 @@ description:
     and right before and right after removing VMs (the M(skygrid.fabric.vm) removals of the
     C(skygrid.fabric.vm_slots) role do this), so the end is exact to seconds.
   - Exports the closed records once each, as APEL cloud usage messages (C(APEL-cloud-message) v0.4, one
-    file per batch in O(apel_dir), the APEL SSM's outgoing directory) and/or as lines of O(jsonl). A record
+    message per batch in O(apel_dir), the APEL SSM's outgoing directory queue) and/or as lines of O(jsonl). A record
     is never lost or exported twice across re-runs and kills (a batch protocol with the database, see
     C(docs/OPERATIONS.md)).
 author:
@@ -47,8 +47,21 @@ options:
     type: bool
     default: true
   apel_dir:
-    description: Directory to write APEL cloud v0.4 messages into (one file per export batch). Needs O(site_name).
+    description:
+      - The APEL SSM's outgoing directory (C(ssmsend)'s C(path)); one APEL cloud v0.4 message per export batch is
+        written into it in the layout of the directory queue ssmsend reads (dirq QueueSimple). Needs O(site_name).
     type: path
+  apel_running:
+    description:
+      - Also publish the running VMs' records as APEL C(started) records, every O(apel_running_interval)
+        seconds, so a VM that runs for months is accounted before it ends (the APEL server keeps the latest
+        record per VMUUID; the C(completed) record replaces them). Needs O(apel_dir).
+    type: bool
+    default: false
+  apel_running_interval:
+    description: Seconds between two publications of the started records (at least 60).
+    type: int
+    default: 86400
   site_name:
     description: The site's GOCDB name (C(SiteName) of the APEL records).
     type: str
@@ -99,6 +112,11 @@ exported:
   returned: always
   type: list
   elements: str
+running_exported:
+  description: Keys of the running VMs' records this run published as APEL C(started) records (O(apel_running)).
+  returned: always
+  type: list
+  elements: str
 updated:
   description: How many open records got a new CPU time and last-seen time.
   returned: always
@@ -139,6 +157,8 @@ class VmAccountingModule(FabricModule):
         hypervisor=dict(type="str"),
         managed_only=dict(type="bool", default=True),
         apel_dir=dict(type="path"),
+        apel_running=dict(type="bool", default=False),
+        apel_running_interval=dict(type="int", default=86400),
         site_name=dict(type="str"),
         cloud_compute_service=dict(type="str"),
         benchmark_type=dict(type="str"),
@@ -150,9 +170,10 @@ class VmAccountingModule(FabricModule):
         params = dict(self.params, hypervisor=self.params["hypervisor"] or socket.getfqdn())
         with connection(params["uri"], readonly=True) as conn:
             result = account(conn, params, int(time.time()), check_mode=self.module.check_mode)
-        if result["opened"] or result["closed"] or result["exported"]:
-            self.reconciler.act("accounting: %d opened, %d closed, %d exported"
-                                % (len(result["opened"]), len(result["closed"]), len(result["exported"])))
+        if result["opened"] or result["closed"] or result["exported"] or result["running_exported"]:
+            self.reconciler.act("accounting: %d opened, %d closed, %d exported, %d published as started"
+                                % (len(result["opened"]), len(result["closed"]), len(result["exported"]),
+                                   len(result["running_exported"])))
         return result
 
 

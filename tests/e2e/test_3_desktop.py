@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +52,8 @@ def _remove_user():
         subprocess.run(["kill", "-9", pid], check=False)
     time.sleep(0.5)
     subprocess.run(["userdel", "-r", USER], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The user's lock directory (without XDG_RUNTIME_DIR, under /tmp) outlives it.
+    shutil.rmtree("/tmp/skygrid-%d" % uid, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

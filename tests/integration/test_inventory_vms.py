@@ -44,6 +44,8 @@ def defined_vm():
 
 LEASE_NET = "sgops-inv-net"
 LEASE_VM = "sgops-inv-leased-1"
+LEASE_MAC = "52:54:00:5a:0e:01"
+LEASE_IP = "192.168.239.30"
 GUEST = os.path.join(os.environ.get("SKYGRID_CACHE", "/var/cache/skygrid"), "guest")
 
 
@@ -56,15 +58,18 @@ def leased_vm(request):
 
     remove(conn, domains=[LEASE_VM], networks=[LEASE_NET])
     request.addfinalizer(lambda: (remove(conn, domains=[LEASE_VM], networks=[LEASE_NET]), conn.close()))
+    # As the site does it: the VM's leased address reserved in the network's DHCP and pinned on its NIC
+    # (clean-traffic); the inventory reads it back from libvirt's DHCP leases.
     net = conn.networkDefineXML(
         "<network><name>%s</name><bridge name='sgopsinv0' stp='on' delay='0'/><ip address='192.168.239.1' "
-        "netmask='255.255.255.0'><dhcp><range start='192.168.239.100' end='192.168.239.120'/></dhcp></ip>"
-        "</network>" % LEASE_NET)
+        "netmask='255.255.255.0'><dhcp><range start='192.168.239.100' end='192.168.239.120'/>"
+        "<host mac='%s' ip='%s'/></dhcp></ip></network>" % (LEASE_NET, LEASE_MAC, LEASE_IP))
     net.create()
     spec, _seed = vm_spec.normalise({
         "name": LEASE_VM, "virt_type": "qemu", "memory_mb": 256, "kernel": os.path.join(GUEST, "vmlinuz"),
         "initrd": os.path.join(GUEST, "initrd.img"), "cmdline": "console=ttyS0 quiet", "console_log": "",
-        "nics": [{"network": LEASE_NET}], "metadata": {"vo": "lhcb", "trust_class": 2, "image_id": "sgops-guest"}})
+        "nics": [{"network": LEASE_NET, "mac": LEASE_MAC, "ip": LEASE_IP}],
+        "metadata": {"vo": "lhcb", "trust_class": 2, "image_id": "sgops-guest"}})
     dom = conn.defineXML(vm_spec.to_xml(spec))
     dom.create()
     deadline = time.monotonic() + 120
@@ -115,8 +120,8 @@ def test_vms_as_hosts_with_provenance_groups_and_an_unreachable_hypervisor(tmp_p
 def test_ansible_host_is_the_dhcp_lease_of_a_running_vm(tmp_path, leased_vm):
     listing, _stderr = inventory(tmp_path, hypervisors=[URI])
     host = listing["_meta"]["hostvars"][LEASE_VM]
-    assert host["ansible_host"] == leased_vm and host["skygrid_addresses"] == [leased_vm]
-    assert leased_vm.startswith("192.168.239.1")  # from the network's DHCP range, not pinned
+    # skygrid_addresses holds only what libvirt's DHCP leases say: the guest took its reserved address.
+    assert leased_vm == LEASE_IP and host["skygrid_addresses"] == [LEASE_IP] and host["ansible_host"] == LEASE_IP
     assert LEASE_VM in listing["state_running"]["hosts"] and LEASE_VM in listing["vo_lhcb"]["hosts"]
 
 

@@ -39,17 +39,19 @@ def test_a_vm_life_is_recorded_and_exported_once(tmp_path, paused_vm):
     conn, dom = paused_vm
     uuid = dom.UUIDString()
     args = {"db": str(tmp_path / "acc.sqlite"), "hypervisor": "sgops-hv", "site_name": "SGOPS-TEST",
-            "apel_dir": str(tmp_path / "apel"), "jsonl": str(tmp_path / "usage.jsonl")}
+            "apel_dir": str(tmp_path / "apel"), "jsonl": str(tmp_path / "usage.jsonl"), "apel_running": True}
     first = run_module("vm_accounting", args)
     assert not first.failed, first
     (key,) = [k for k in first["opened"] if k.startswith(uuid)]
     assert first["changed"]
     (record,) = [r for r in first["running"] if r["key"] == key]
     assert (record["vo"], record["image_id"], record["cores"], record["memory_mb"]) == ("lhcb", "sgops-image", 1, 64)
+    assert key in first["running_exported"]  # published as a started record at once, then daily
 
     again = run_module("vm_accounting", args)
     # Other VMs of this shared host may come and go between runs: only they may make a run change.
     assert key not in again["opened"] + again["closed"] + again["exported"] and again["updated"] >= 1
+    assert again["running_exported"] == []  # not due again for a day
     assert again["changed"] == bool(again["opened"] or again["closed"] or again["exported"])
 
     dom.destroy()
@@ -63,10 +65,17 @@ def test_a_vm_life_is_recorded_and_exported_once(tmp_path, paused_vm):
     lines = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
     (line,) = [entry for entry in lines if entry["key"] == key]
     assert line["status"] == "completed" and line["end"] >= line["start"] and line["hypervisor"] == "sgops-hv"
-    (message,) = os.listdir(tmp_path / "apel")
-    text = (tmp_path / "apel" / message).read_text()
-    assert text.startswith("APEL-cloud-message: v0.4\n") and "VMUUID: %s\n" % key in text
-    assert "SiteName: SGOPS-TEST\n" in text and "FQAN: /lhcb\n" in text
+    texts = {}
+    for minute in os.listdir(tmp_path / "apel"):  # the dirq layout ssmsend reads: <8 hex>/<14 hex>
+        for message in os.listdir(tmp_path / "apel" / minute):
+            assert len(minute) == 8 and len(message) == 14
+            texts[message] = (tmp_path / "apel" / minute / message).read_text()
+    mine = [text for text in texts.values() if "VMUUID: %s\n" % key in text]
+    assert len(mine) == 2  # the started record, then the completed one replacing it at the APEL server
+    started, completed = sorted(mine, key=lambda text: "Status: completed" in text)
+    assert "Status: started" in started and "Status: completed" in completed
+    assert completed.startswith("APEL-cloud-message: v0.4\n")
+    assert "SiteName: SGOPS-TEST\n" in completed and "FQAN: /lhcb\n" in completed
 
     last = run_module("vm_accounting", args)
     assert key not in last["exported"]

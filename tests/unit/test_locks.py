@@ -28,6 +28,22 @@ def test_the_staging_lock_is_in_a_directory_only_its_owner_can_write(tmp_path):
     assert info.st_uid == os.geteuid() and not info.st_mode & 0o022, (path, oct(info.st_mode))
 
 
+@pytest.mark.parametrize("runtime", [None, "/run/user/1003"])
+def test_a_normal_users_locks_are_in_a_directory_of_its_own(monkeypatch, runtime):
+    """Two users' pools of the same name never share a lock (qemu:///session), and none is in /run/lock."""
+    monkeypatch.setattr(locks.os, "geteuid", lambda: 1003)
+    if runtime:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
+    else:
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    mine = locks.lock_path("vo-image-skygrid-desktop")
+    assert mine.startswith(runtime or "/tmp/skygrid-1003/") and "/run/lock" not in mine
+    monkeypatch.setattr(locks.os, "geteuid", lambda: 1004)
+    if runtime:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1004")  # each user's session has its own
+    assert locks.lock_path("vo-image-skygrid-desktop") != mine
+
+
 def test_lock_dir_and_file_are_private(tmp_path):
     directory = str(tmp_path / "run" / "locks")
     with locks.held("vo-image-images", 5, "pool", "another run", directory=directory) as path:

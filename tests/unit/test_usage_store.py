@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,9 +79,20 @@ def params(tmp_path, **extra):
 def exported_keys(tmp_path):
     lines = (tmp_path / "usage.jsonl").read_text().splitlines()
     keys = [json.loads(line)["key"] for line in lines]
-    apel_keys = [line.split(": ", 1)[1] for name in sorted(os.listdir(tmp_path / "apel"))
-                 for line in (tmp_path / "apel" / name).read_text().splitlines() if line.startswith("VMUUID: ")]
+    apel_keys = [line.split(": ", 1)[1] for path in apel_messages(tmp_path)
+                 for line in open(path).read().splitlines() if line.startswith("VMUUID: ")]
     return keys, apel_keys
+
+
+def apel_messages(tmp_path):
+    """The messages of the APEL outgoing directory queue (dirq QueueSimple: <8 hex>/<14 hex>)."""
+    found = []
+    for directory in sorted(os.listdir(tmp_path / "apel")):
+        assert re.match(r"^[0-9a-f]{8}$", directory), directory
+        for name in sorted(os.listdir(tmp_path / "apel" / directory)):
+            assert re.match(r"^[0-9a-f]{14}$", name), name  # no temporary file left either
+            found.append(str(tmp_path / "apel" / directory / name))
+    return found
 
 
 def test_each_closed_record_is_exported_once_across_re_runs(tmp_path, store):
@@ -124,7 +136,7 @@ def test_a_kill_between_writing_and_marking_exports_nothing_twice(tmp_path):
     assert usage.export(store, params(tmp_path), now=300) == []
     store.close()
     assert exported_keys(tmp_path) == (["u1/wn1/0", "u2/wn1/100"], ["u1/wn1/0", "u2/wn1/100"])
-    assert len(os.listdir(tmp_path / "apel")) == 2
+    assert len(apel_messages(tmp_path)) == 2
 
 
 def test_a_kill_in_the_middle_of_the_append_leaves_no_partial_line(tmp_path, store):
@@ -138,8 +150,28 @@ def test_a_kill_in_the_middle_of_the_append_leaves_no_partial_line(tmp_path, sto
     assert exported_keys(tmp_path) == (["earlier", "u1/wn1/0"], ["u1/wn1/0"])
 
 
+def test_running_vms_are_published_as_started_records_once_per_interval(tmp_path, store):
+    options = params(tmp_path, apel_running=True, apel_running_interval=3600)
+    store.collect("wn1", [vm("u1", cpu_s=100)], now=1000)
+    assert usage.running_due(store, options, 1000)
+    assert usage.export_running(store, options, 1000) == ["u1/wn1/1000"]
+    assert not usage.running_due(store, options, 1000 + 3599) and usage.running_due(store, options, 1000 + 3600)
+    assert not usage.running_due(store, params(tmp_path), 1000 + 3600)  # off by default
+    (path,) = apel_messages(tmp_path)
+    fields = dict(line.split(": ", 1) for line in open(path).read().splitlines()[1:-1])
+    assert fields["Status"] == "started" and fields["EndTime"] == "None" and fields["VMUUID"] == "u1/wn1/1000"
+    # The completed record of the same life carries the same VMUUID: it replaces the started one at APEL.
+    store.collect("wn1", [], now=5000)
+    assert usage.export(store, options, 5000) == ["u1/wn1/1000"]
+    texts = [open(p).read() for p in apel_messages(tmp_path)]
+    assert sum("VMUUID: u1/wn1/1000\n" in t for t in texts) == 2 and sum("Status: completed" in t for t in texts) == 1
+    assert usage.export_running(store, options, 9000) == [] and len(apel_messages(tmp_path)) == 2  # nothing running
+
+
 @pytest.mark.parametrize("bad, field", [({"hypervisor": ""}, "hypervisor"), ({"site_name": None}, "site_name"),
-                                        ({"jsonl": "usage.jsonl"}, "jsonl")])
+                                        ({"jsonl": "usage.jsonl"}, "jsonl"),
+                                        ({"apel_running": True, "apel_dir": None}, "apel_running"),
+                                        ({"apel_running_interval": 5}, "apel_running_interval")])
 def test_bad_parameters_name_the_field(tmp_path, bad, field):
     from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
     with pytest.raises(FabricError) as err:

@@ -13,7 +13,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.files import write_
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import is_no_such, libvirt
 from ansible_collections.skygrid.fabric.plugins.module_utils.operations import apel
 from ansible_collections.skygrid.fabric.plugins.module_utils.operations.usage_store import (
-    UsageStore, append_lines_at)
+    RUNNING_MESSAGE, UsageStore, append_lines_at, dirq_path)
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm.report import describe
 
 GIB = 1024 ** 3
@@ -58,9 +58,45 @@ def check_params(params):
     if params.get("apel_dir") and not params.get("site_name"):
         raise FabricError("is required with apel_dir: the site's GOCDB name goes in every APEL record",
                           field="site_name")
+    if params.get("apel_running") and not params.get("apel_dir"):
+        raise FabricError("needs apel_dir: the started records go where the completed ones go", field="apel_running")
+    if params.get("apel_running_interval", 86400) < 60:
+        raise FabricError("must be at least 60 seconds, got %r" % params.get("apel_running_interval"),
+                          field="apel_running_interval")
     for field in ("db", "apel_dir", "jsonl"):
         if params.get(field) and not os.path.isabs(params[field]):
             raise FabricError("must be an absolute path, got %r" % params[field], field=field)
+
+
+def _apel_message(records, params):
+    return apel.message(records, site_name=params["site_name"],
+                        cloud_compute_service=params.get("cloud_compute_service") or params["hypervisor"],
+                        benchmark_type=params.get("benchmark_type"), benchmark=params.get("benchmark"))
+
+
+def _write_message(params, relative_path, text):
+    path = os.path.join(params["apel_dir"], relative_path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_atomic(path, text)
+
+
+def running_due(store, params, now):
+    """Whether the started records of the running VMs are due (``apel_running``, every ``apel_running_interval`` s)."""
+    if not (params.get("apel_dir") and params.get("apel_running")):
+        return False
+    last = store.running_published(params["hypervisor"])
+    return last is None or now - last >= params.get("apel_running_interval", 86400)
+
+
+def export_running(store, params, now):
+    """Publish the running VMs' records as APEL ``started`` records (the APEL server keeps the latest
+    record per VMUUID, so each message updates the same VMs until their ``completed`` record). Not part
+    of the exactly-once batches: a message repeated after a kill only repeats an update."""
+    records = store.records("end IS NULL AND hypervisor = ?", (params["hypervisor"],))
+    if records:
+        _write_message(params, dirq_path(now, RUNNING_MESSAGE), _apel_message(records, params))
+    store.mark_running_published(params["hypervisor"], now)
+    return [record["key"] for record in records]
 
 
 def export(store, params, now):
@@ -72,11 +108,7 @@ def export(store, params, now):
             return exported
         batch_id, records, offset = batch
         if params.get("apel_dir"):
-            text = apel.message(records, site_name=params["site_name"],
-                                cloud_compute_service=params.get("cloud_compute_service") or params["hypervisor"],
-                                benchmark_type=params.get("benchmark_type"), benchmark=params.get("benchmark"))
-            os.makedirs(params["apel_dir"], exist_ok=True)
-            write_atomic(os.path.join(params["apel_dir"], store.batch_name(batch_id)), text)
+            _write_message(params, store.batch_message(batch_id), _apel_message(records, params))
         if params.get("jsonl"):
             append_lines_at(params["jsonl"], offset, records)
         store.finish_batch(batch_id, now)
@@ -91,14 +123,16 @@ def account(conn, params, now, check_mode=False):
     try:
         collected = store.collect(params["hypervisor"], sample(conn, params.get("managed_only", True)), now,
                                   commit=not check_mode)
+        due = running_due(store, params, now)
         if check_mode:
             pending = [record["key"] for record in store.pending_export()] + collected["closed"]
             exported = pending if (params.get("apel_dir") or params.get("jsonl")) else []
-        elif params.get("apel_dir") or params.get("jsonl"):
-            exported = export(store, params, now)
+            running_exported = [record["key"] for record in store.records(
+                "end IS NULL AND hypervisor = ?", (params["hypervisor"],))] if due else []
         else:
-            exported = []
+            exported = export(store, params, now) if (params.get("apel_dir") or params.get("jsonl")) else []
+            running_exported = export_running(store, params, now) if due else []
         running = store.records("end IS NULL AND hypervisor = ?", (params["hypervisor"],))
     finally:
         store.close()
-    return dict(collected, exported=exported, running=running)
+    return dict(collected, exported=exported, running=running, running_exported=running_exported)

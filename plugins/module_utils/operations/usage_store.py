@@ -13,8 +13,8 @@ Exporting closed records is a batch protocol, exactly-once across re-runs and ki
 
 1. in one transaction: resume the batch left unfinished, or give every closed, unexported record a
    new batch, remembering how long the JSON lines file is at that moment;
-2. write the batch's APEL message as ``<store id>-<batch>`` (same name and content on a re-run:
-   temp file + rename), and cut the JSON lines file back to the remembered length before appending
+2. write the batch's APEL message under a name fixed by the batch (``batch_message``; same name and
+   content on a re-run: temp file + rename), and cut the JSON lines file back to the remembered length before appending
    the batch's lines (a killed append leaves no partial or doubled line);
 3. mark the batch done.
 
@@ -29,10 +29,8 @@ import fcntl
 import json
 import os
 import sqlite3
-import uuid as uuidlib
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS usage (
     id INTEGER PRIMARY KEY,
     vm_uuid TEXT NOT NULL,
@@ -48,6 +46,7 @@ CREATE TABLE IF NOT EXISTS usage (
     batch INTEGER REFERENCES batch(id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS usage_open ON usage(vm_uuid, hypervisor) WHERE end IS NULL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS batch (
     id INTEGER PRIMARY KEY,
     created INTEGER NOT NULL,
@@ -57,6 +56,13 @@ CREATE TABLE IF NOT EXISTS batch (
 """
 
 PROVENANCE = ("vo", "trust_class", "image_id", "image_sha512")
+DIRQ_GRANULARITY_S = 60  # dirq's default: one intermediate directory per minute
+RUNNING_MESSAGE = 0xffffff  # the element number of a message of started records (batches count below it)
+
+
+def dirq_path(when, number):
+    """``<8 hex: the minute>/<14 hex: element>``, a dirq QueueSimple element's path in its queue."""
+    return os.path.join("%08x" % (when - when % DIRQ_GRANULARITY_S), "%08x%06x" % (when, number))
 
 
 def record_key(row):
@@ -96,9 +102,6 @@ class UsageStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
-        with self.transaction():
-            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (uuidlib.uuid4().hex[:12],))
-        self.store_id = self.db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
 
     def close(self):
         self.db.close()
@@ -182,8 +185,21 @@ class UsageStore:
                 row = db.execute("SELECT * FROM batch WHERE id = ?", (batch_id,)).fetchone()
         return row["id"], self.records("batch = ?", (row["id"],)), row["jsonl_offset"]
 
-    def batch_name(self, batch_id):
-        return "%s-%08d" % (self.store_id, batch_id)
+    def batch_message(self, batch_id):
+        """Where the batch's APEL message goes, relative to the APEL SSM's outgoing directory: the layout
+        of a dirq QueueSimple, which ssmsend reads (``<8 hex: the minute>/<14 hex: element>``), under a
+        name fixed by the batch, so a redone batch replaces its own message and never adds a second."""
+        created = self.db.execute("SELECT created FROM batch WHERE id = ?", (batch_id,)).fetchone()[0]
+        return dirq_path(created, batch_id % RUNNING_MESSAGE)
+
+    def running_published(self, hypervisor):
+        """When the started records of ``hypervisor``'s running VMs were last written (None: never)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", ("running_published/" + hypervisor,)).fetchone()
+        return row[0] if row else None
+
+    def mark_running_published(self, hypervisor, now):
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("running_published/" + hypervisor, now))
 
     def finish_batch(self, batch_id, now):
         """Step 3."""
