@@ -29,7 +29,9 @@ ROOT_LOCK_DIR = "/run/skygrid/locks"
 def default_dir():
     if os.geteuid() == 0:
         return ROOT_LOCK_DIR
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(tempfile.gettempdir(), "skygrid-%d" % os.geteuid())
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if not runtime or not os.path.isdir(runtime):  # no login session (su, cron): a directory of our own in /tmp
+        runtime = os.path.join(tempfile.gettempdir(), "skygrid-%d" % os.geteuid())
     return os.path.join(runtime, "skygrid-locks")
 
 
@@ -40,12 +42,15 @@ def lock_path(name, directory=None):
 
 def _private_dir(path, field):
     """Create ``path`` (0700) if missing; refuse it unless it is a directory of ours no one else can write."""
-    parent = os.path.dirname(path)
-    if parent and not os.path.isdir(parent):
-        os.makedirs(parent, 0o755)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    info = os.lstat(path)
+    try:
+        parent = os.path.dirname(path)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent, 0o755)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise FabricError("cannot make the lock directory %s: %s" % (path, exc.strerror), field=field)
     problem = None
     if not stat.S_ISDIR(info.st_mode):
         problem = "it is not a directory (a symlink?)"

@@ -34,6 +34,7 @@ def test_a_normal_users_locks_are_in_a_directory_of_its_own(monkeypatch, runtime
     monkeypatch.setattr(locks.os, "geteuid", lambda: 1003)
     if runtime:
         monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
+        monkeypatch.setattr(locks.os.path, "isdir", lambda path: True)
     else:
         monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     mine = locks.lock_path("vo-image-skygrid-desktop")
