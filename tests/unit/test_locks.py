@@ -23,8 +23,9 @@ def test_the_staging_lock_is_in_a_directory_only_its_owner_can_write(tmp_path):
     """It was /run/lock (1777): anyone could plant a symlink there or hold the lock."""
     path = pool_store.lock_path("images")
     assert os.path.dirname(path) == locks.default_dir()
-    with locks.held("sgtest-probe", 1, "pool", "a test"):  # makes the directory if this host has none yet
+    with locks.held("sgtest-probe", 1, "pool", "a test") as probe:  # makes the directory if this host has none yet
         info = os.stat(os.path.dirname(path))
+    os.unlink(probe)
     assert info.st_uid == os.geteuid() and not info.st_mode & 0o022, (path, oct(info.st_mode))
 
 
