@@ -71,6 +71,7 @@ FILTERS = {
     "dhcp_hosts": slots.dhcp_hosts,
     "slot_vms": slots.slot_vms,
     "slot_batch_nodes": slots.batch_nodes,
+    "batch_node_items": slots.batch_node_items,
     "batch_env": domains.batch_env,
     "site_built_vos": domains.site_built_vos,
 }

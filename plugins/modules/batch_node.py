@@ -38,8 +38,36 @@ options:
   name:
     description:
       - Node name (Torque node / Slurm NodeName); for a VM, its name.
+      - Required unless O(nodes) is given.
     type: str
-    required: true
+  nodes:
+    description:
+      - Several nodes in one call, all brought to O(state) (with O(wait_drained), O(timeout) and O(force)),
+        in order. One module run for all of a host's VM slots instead of one per slot.
+      - Mutually exclusive with O(name).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Node name.
+        type: str
+        required: true
+      cores:
+        description: As O(cores).
+        type: int
+      memory_mb:
+        description: As O(memory_mb).
+        type: int
+      properties:
+        description: As O(properties).
+        type: list
+        elements: str
+      address:
+        description: As O(address).
+        type: str
+      note:
+        description: As O(note).
+        type: str
   state:
     description:
       - V(present) - the node exists with the given size and properties; its schedulability is left alone.
@@ -149,9 +177,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+nodes:
+  description: With O(nodes), each node's result (C(name), C(node), C(waited)) in the order given.
+  returned: when O(nodes) is given
+  type: list
+  elements: dict
 node:
   description: The node as the batch system reports it after the change (before it, in check mode); null when absent.
-  returned: always
+  returned: when O(name) is given
   type: dict
   contains:
     name:
@@ -226,7 +259,8 @@ actions:
 """
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch import BATCH_OPTIONS, module_backend
-from ansible_collections.skygrid.fabric.plugins.module_utils.batch.manage import NODE_STATES, ensure_node, node_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch.manage import (
+    NODE_STATES, ensure_node, ensure_nodes, node_spec, node_specs)
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 
@@ -234,7 +268,15 @@ class BatchNodeModule(FabricModule):
     supports_check_mode = True
     argument_spec = dict(
         BATCH_OPTIONS,
-        name=dict(type="str", required=True),
+        name=dict(type="str"),
+        nodes=dict(type="list", elements="dict", options=dict(
+            name=dict(type="str", required=True),
+            cores=dict(type="int"),
+            memory_mb=dict(type="int"),
+            properties=dict(type="list", elements="str"),
+            address=dict(type="str"),
+            note=dict(type="str"),
+        )),
         state=dict(type="str", default="present", choices=list(NODE_STATES)),
         cores=dict(type="int"),
         memory_mb=dict(type="int"),
@@ -247,10 +289,15 @@ class BatchNodeModule(FabricModule):
         force=dict(type="bool", default=False),
     )
 
+    module_kwargs = dict(mutually_exclusive=[("name", "nodes")], required_one_of=[("name", "nodes")])
+
     def run(self):
         backend = module_backend(self.module, poll_interval=max(0.05, self.params["poll_interval"]))
         if self.params["address"] and self.params["backend"] == "torque":
             self.module.warn("address is ignored by the torque backend: Torque reaches a node by its name")
+        if self.params["nodes"] is not None:
+            results = ensure_nodes(backend, node_specs(self.params), self.reconciler)
+            return {"nodes": results, "waited": any(result["waited"] for result in results)}
         return ensure_node(backend, node_spec(self.params), self.reconciler)
 
 

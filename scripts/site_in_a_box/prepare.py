@@ -38,19 +38,11 @@ def ensure_pki(directory):
     marker = os.path.join(pki_dir, "done")
     if not os.path.exists(marker):
         os.makedirs(pki_dir, exist_ok=True)
-        pki = fixtures.Pki.__new__(fixtures.Pki)  # reuse its openssl recipes, with the demo's names
-        pki.dir = pki_dir
-        pki.config = os.path.join(pki_dir, "openssl.cnf")
-        with open(pki.config, "w") as handle:
-            handle.write(fixtures._EXTENSIONS)  # pylint: disable=protected-access
-        ca = pki._ca("ca", CA_DN)  # pylint: disable=protected-access
+        certificates = fixtures.Certificates(pki_dir)
+        ca = certificates.ca("ca", CA_DN)
         for vo in VOS:
-            pki._signer("endorser-" + vo, endorser_dn(vo), ca)  # pylint: disable=protected-access
-        ca_path = os.path.join(directory, "certificates")
-        os.makedirs(ca_path, exist_ok=True)
-        with open(os.path.join(ca_path, "skygrid-demo-ca.pem"), "w") as out, open(ca[0]) as src:
-            out.write(src.read())
-        subprocess.run(["openssl", "rehash", ca_path], check=True)
+            certificates.signer("endorser-" + vo, endorser_dn(vo), ca)
+        certificates.trust(os.path.join(directory, "certificates"), ca, "skygrid-demo-ca.pem")
         open(marker, "w").close()
     return {vo: (os.path.join(pki_dir, "endorser-%s.pem" % vo), os.path.join(pki_dir, "endorser-%s.key" % vo))
             for vo in VOS}

@@ -1,4 +1,5 @@
-"""Live test bed fixtures: a storage pool, a base image, an isolated network and the tiny guest.
+"""Live test bed fixtures: a storage pool, a base image, an isolated network and the tiny guest; and the
+Slurm test bed (scripts/slurm-testbed.sh) with the helpers the Slurm tests share.
 
 Everything the tests create is named with the ``sgtest`` prefix and removed before and after the
 session. The network is isolated (no <forward>): nothing a test does leaves this machine.
@@ -6,7 +7,9 @@ session. The network is isolated (no <forward>): nothing a test does leaves this
 
 from __future__ import annotations
 
+import glob
 import os
+import signal
 import subprocess
 import time
 
@@ -101,7 +104,7 @@ def guest():
     return {"kernel": kernel, "initrd": initrd}
 
 
-def wait_for(predicate, timeout, interval=0.2, what="condition"):
+def wait_for(predicate, timeout, what="condition", interval=0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -109,3 +112,43 @@ def wait_for(predicate, timeout, interval=0.2, what="condition"):
             return value
         time.sleep(interval)
     raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+
+
+# ------------------------------------------------------------------------------------------ Slurm test bed
+
+SLURM_TESTBED = os.path.join(ROOT, "scripts", "slurm-testbed.sh")
+
+
+def sh(*argv, check=True):
+    proc = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError("%s failed (%d): %s%s" % (" ".join(argv), proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
+
+def slurm_node(name):
+    """``scontrol show node`` of ``name`` on one line, or None when Slurm does not know it."""
+    proc = sh("scontrol", "-o", "-F", "show", "node", name, check=False)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def stop_test_slurmds(prefix):
+    """Stop the extra slurmds a test started as dynamic nodes named ``<prefix>*`` (pid files /run/slurmd-%n.pid)."""
+    for pidfile in glob.glob("/run/slurmd-%s*.pid" % prefix):
+        try:
+            with open(pidfile) as handle:
+                pid = int(handle.read().strip())
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda pid=pid: not os.path.exists("/proc/%d" % pid), 20, "slurmd %d to stop" % pid)
+        except (ValueError, ProcessLookupError, FileNotFoundError):
+            pass
+        if os.path.exists(pidfile):
+            os.unlink(pidfile)
+
+
+@pytest.fixture(scope="session")
+def slurm_testbed():
+    """munged, slurmctld and this host's slurmd running on loopback (started if needed; idempotent)."""
+    if os.geteuid() != 0:
+        pytest.skip("the Slurm test bed needs root")
+    sh("bash", SLURM_TESTBED, "start")

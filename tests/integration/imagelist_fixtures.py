@@ -56,8 +56,9 @@ def sha512_of(path):
     return digest.hexdigest()
 
 
-class Pki:
-    """Certificates and keys under ``workdir``; ``ca_path`` trusts only the real CA."""
+class Certificates:
+    """The openssl recipes of a test or demo PKI under ``workdir``: self-signed CAs, the endorser (signer)
+    certificates they issue, and a trusted-CA directory (``ca_path``) the way IGTF installs one."""
 
     def __init__(self, workdir):
         self.dir = workdir
@@ -65,24 +66,16 @@ class Pki:
         self.config = os.path.join(workdir, "openssl.cnf")
         with open(self.config, "w") as handle:
             handle.write(_EXTENSIONS)
-        self.ca = self._ca("ca", CA_DN)
-        self.rogue_ca = self._ca("rogue-ca", CA_DN)  # same subject, different key: not in ca_path
-        self.endorser = self._signer("endorser", ENDORSER_DN, self.ca)
-        self.rogue = self._signer("rogue", ROGUE_DN, self.ca)
-        self.impostor = self._signer("impostor", ENDORSER_DN, self.rogue_ca)
-        self.ca_path = os.path.join(workdir, "certificates")
-        os.makedirs(self.ca_path, exist_ok=True)
-        with open(os.path.join(self.ca_path, "skygrid-test-ca.pem"), "w") as out, open(self.ca[0]) as src:
-            out.write(src.read())
-        _run(["openssl", "rehash", self.ca_path])
 
-    def _ca(self, name, dn):
+    def ca(self, name, dn):
+        """A self-signed CA ``<name>.pem`` / ``<name>.key``; returns (cert, key)."""
         cert, key = os.path.join(self.dir, name + ".pem"), os.path.join(self.dir, name + ".key")
         _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
               "-subj", dn, "-days", "30", "-config", self.config, "-extensions", "v3_ca"])
         return cert, key
 
-    def _signer(self, name, dn, issuer):
+    def signer(self, name, dn, issuer):
+        """A signing (endorser) certificate issued by ``issuer`` (a (cert, key) pair); returns (cert, key)."""
         cert, key, csr = (os.path.join(self.dir, name + ext) for ext in (".pem", ".key", ".csr"))
         _run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", dn,
               "-config", self.config])
@@ -90,6 +83,29 @@ class Pki:
               str(int(uuid.uuid4().int % 2 ** 62)), "-out", cert, "-days", "30", "-extfile", self.config,
               "-extensions", "v3_signer"])
         return cert, key
+
+    @staticmethod
+    def trust(ca_path, ca, filename):
+        """Put CA ``ca`` into the directory ``ca_path`` as ``filename`` and rehash it."""
+        os.makedirs(ca_path, exist_ok=True)
+        with open(os.path.join(ca_path, filename), "w") as out, open(ca[0]) as src:
+            out.write(src.read())
+        _run(["openssl", "rehash", ca_path])
+
+
+class Pki:
+    """Certificates and keys under ``workdir``; ``ca_path`` trusts only the real CA."""
+
+    def __init__(self, workdir):
+        certificates = Certificates(workdir)
+        self.dir = workdir
+        self.ca = certificates.ca("ca", CA_DN)
+        self.rogue_ca = certificates.ca("rogue-ca", CA_DN)  # same subject, different key: not in ca_path
+        self.endorser = certificates.signer("endorser", ENDORSER_DN, self.ca)
+        self.rogue = certificates.signer("rogue", ROGUE_DN, self.ca)
+        self.impostor = certificates.signer("impostor", ENDORSER_DN, self.rogue_ca)
+        self.ca_path = os.path.join(workdir, "certificates")
+        certificates.trust(self.ca_path, self.ca, "skygrid-test-ca.pem")
 
     def endorsers(self):
         return [{"dn": ENDORSER_DN, "ca": CA_DN}]

@@ -10,53 +10,21 @@ from __future__ import annotations
 
 import glob
 import os
-import signal
-import subprocess
 import time
 
 import pytest
 
+from conftest import SLURM_TESTBED as TESTBED, sh, slurm_node as show_node, stop_test_slurmds, wait_for
 from modrun import run_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TESTBED = os.path.join(ROOT, "scripts", "slurm-testbed.sh")
 SLURM_DIR = os.environ.get("SKYGRID_SLURM_DIR", "/var/lib/skygrid-test/slurm")
 PREFIX = "sgbatch-"
 DYN = PREFIX + "dyn1"
 
 
-def sh(*argv, check=True):
-    proc = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError("%s failed (%d): %s%s" % (" ".join(argv), proc.returncode, proc.stdout, proc.stderr))
-    return proc
-
-
-def wait_for(predicate, timeout, what, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-
-
-def stop_test_slurmds():
-    for pidfile in glob.glob("/run/slurmd-%s*.pid" % PREFIX):
-        try:
-            with open(pidfile) as handle:
-                pid = int(handle.read().strip())
-            os.kill(pid, signal.SIGTERM)
-            wait_for(lambda pid=pid: not os.path.exists("/proc/%d" % pid), 20, "slurmd %d to stop" % pid)
-        except (ValueError, ProcessLookupError, FileNotFoundError):
-            pass
-        if os.path.exists(pidfile):
-            os.unlink(pidfile)
-
-
 def cleanup():
-    stop_test_slurmds()
+    stop_test_slurmds(PREFIX)
     jobs = sh("squeue", "-h", "-o", "%i %N", check=False).stdout.split("\n")
     for line in jobs:
         parts = line.split()
@@ -74,10 +42,7 @@ def cleanup():
 
 
 @pytest.fixture(scope="module")
-def slurm():
-    if os.geteuid() != 0:
-        pytest.skip("the Slurm test bed needs root")
-    sh("bash", TESTBED, "start")
+def slurm(slurm_testbed):
     cleanup()
     yield
     cleanup()
@@ -94,11 +59,6 @@ def queue(check=False, diff=False, **args):
 def ok(result):
     assert result["rc"] == 0 and not result.failed, result.get("msg")
     return result
-
-
-def show_node(name):
-    proc = sh("scontrol", "-o", "-F", "show", "node", name, check=False)
-    return proc.stdout if proc.returncode == 0 else None
 
 
 def start_slurmd(name, conf):
@@ -163,6 +123,24 @@ def test_future_node_lifecycle(slurm):
     assert not ok(node(name=name, state="absent"))["changed"]
 
 
+def test_a_nodes_list_in_one_call(slurm):
+    names = [PREFIX + "list1", PREFIX + "list2"]
+    nodes = [{"name": names[0], "cores": 1, "properties": ["atlas", "vm"], "address": "127.0.0.1"},
+             {"name": names[1], "cores": 1, "properties": ["lhcb", "vm"], "address": "127.0.0.1"}]
+    checked = ok(node(check=True, state="present", nodes=nodes))
+    assert len(checked["actions"]) == 2 and all(show_node(name) is None for name in names)
+    created = ok(node(state="present", nodes=nodes, diff=True))
+    assert [item["node"]["status"] for item in created["nodes"]] == ["future", "future"]
+    assert sorted(created["diff"]["after"]) == names
+    assert "AvailableFeatures=lhcb,vm" in show_node(names[1])
+    again = ok(node(state="present", nodes=nodes))
+    assert not again["changed"] and again["actions"] == []
+    bad = node(state="present", nodes=[nodes[0], dict(nodes[1], name="bad name")])
+    assert bad.failed and bad["field"] == "nodes[1].name"
+    gone = ok(node(state="absent", nodes=[{"name": name} for name in names]))
+    assert gone["changed"] and all(show_node(name) is None for name in names)
+
+
 def test_registered_vm_node_drain_waits_for_a_real_job(slurm):
     ok(node(name=DYN, state="online", cores=1, memory_mb=512, properties=["atlas", "vm"], address="127.0.0.1"))
     start_slurmd(DYN, "CPUs=1 RealMemory=512 Feature=atlas,vm")
@@ -193,7 +171,7 @@ def test_registered_vm_node_drain_waits_for_a_real_job(slurm):
     gone = ok(node(name=DYN, state="absent", note="VM stopping", timeout=60))
     assert gone["waited"] and gone["actions"] == ["drain node %s (VM stopping) before removing it" % DYN, "remove node %s" % DYN]
     assert show_node(DYN) is None and job_state(job) == "COMPLETED"
-    stop_test_slurmds()
+    stop_test_slurmds(PREFIX)
 
 
 def test_self_registered_node_matches_without_changes(slurm):
@@ -204,7 +182,7 @@ def test_self_registered_node_matches_without_changes(slurm):
     more = ok(node(name=name, properties=["lhcb", "vm"]))
     assert more["actions"] == ["set the properties of node %s to lhcb,vm" % name]
     assert "AvailableFeatures=lhcb,vm" in show_node(name)
-    stop_test_slurmds()
+    stop_test_slurmds(PREFIX)
     ok(node(name=name, state="absent"))
 
 

@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
+from libvirt_objects import remove
 from modrun import run_module
 
 libvirt = pytest.importorskip("libvirt")
@@ -21,15 +22,7 @@ POOL_DIR = "/var/lib/skygrid-test/sgops-met-pool"
 
 
 def _remove(conn):
-    for lookup, undefine in ((conn.lookupByName, "undefine"), (conn.storagePoolLookupByName, "undefine")):
-        name = VM_NAME if lookup == conn.lookupByName else POOL
-        try:
-            obj = lookup(name)
-        except libvirt.libvirtError:
-            continue
-        if obj.isActive():
-            obj.destroy()
-        getattr(obj, undefine)()
+    remove(conn, domains=[VM_NAME], pools=[POOL])
     shutil.rmtree(POOL_DIR, ignore_errors=True)
 
 

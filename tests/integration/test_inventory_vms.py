@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
+from libvirt_objects import remove
 
 libvirt = pytest.importorskip("libvirt")
 
@@ -24,18 +26,11 @@ SHA512 = "5e" * 64
 UNREACHABLE = "qemu+ssh://root@127.0.0.1:1/system?no_tty=1"
 
 
-def _undefine(conn, name):
-    try:
-        conn.lookupByName(name).undefine()
-    except libvirt.libvirtError:
-        pass
-
-
 @pytest.fixture
 def defined_vm():
     libvirt.registerErrorHandler(lambda _c, _e: None, None)
     conn = libvirt.open(URI)
-    _undefine(conn, VM_NAME)
+    remove(conn, domains=[VM_NAME])
     spec, _seed = vm_spec.normalise({
         "name": VM_NAME, "virt_type": "qemu", "vcpus": 1, "memory_mb": 64,
         "nics": [{"network": "sgops-inv-net", "ip": PINNED_IP}],
@@ -43,8 +38,43 @@ def defined_vm():
                      "image_sha512": SHA512, "batch_state": "drained"}})
     dom = conn.defineXML(vm_spec.to_xml(spec))
     yield dom
-    _undefine(conn, VM_NAME)
+    remove(conn, domains=[VM_NAME])
     conn.close()
+
+
+LEASE_NET = "sgops-inv-net"
+LEASE_VM = "sgops-inv-leased-1"
+GUEST = os.path.join(os.environ.get("SKYGRID_CACHE", "/var/cache/skygrid"), "guest")
+
+
+@pytest.fixture
+def leased_vm(request):
+    """The tiny test guest (tests/guest) on an isolated network of its own, booted until it holds a lease."""
+    subprocess.run(["bash", os.path.join(ROOT, "tests", "guest", "build.sh")], check=True, stdout=subprocess.DEVNULL)
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)
+    conn = libvirt.open(URI)
+
+    remove(conn, domains=[LEASE_VM], networks=[LEASE_NET])
+    request.addfinalizer(lambda: (remove(conn, domains=[LEASE_VM], networks=[LEASE_NET]), conn.close()))
+    net = conn.networkDefineXML(
+        "<network><name>%s</name><bridge name='sgopsinv0' stp='on' delay='0'/><ip address='192.168.239.1' "
+        "netmask='255.255.255.0'><dhcp><range start='192.168.239.100' end='192.168.239.120'/></dhcp></ip>"
+        "</network>" % LEASE_NET)
+    net.create()
+    spec, _seed = vm_spec.normalise({
+        "name": LEASE_VM, "virt_type": "qemu", "memory_mb": 256, "kernel": os.path.join(GUEST, "vmlinuz"),
+        "initrd": os.path.join(GUEST, "initrd.img"), "cmdline": "console=ttyS0 quiet", "console_log": "",
+        "nics": [{"network": LEASE_NET}], "metadata": {"vo": "lhcb", "trust_class": 2, "image_id": "sgops-guest"}})
+    dom = conn.defineXML(vm_spec.to_xml(spec))
+    dom.create()
+    deadline = time.monotonic() + 120
+    addresses = []
+    while time.monotonic() < deadline and not addresses:
+        time.sleep(1)
+        leases = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
+        addresses = [a["addr"] for iface in leases.values() for a in iface.get("addrs") or []]
+    assert addresses, "the test guest took no DHCP lease within 120 s"
+    return addresses[0]
 
 
 def run_inventory(tmp_path, config, *args):
@@ -80,6 +110,14 @@ def test_vms_as_hosts_with_provenance_groups_and_an_unreachable_hypervisor(tmp_p
         assert VM_NAME in listing[group]["hosts"], group
     assert host["skygrid_unreachable_hypervisors"] == ["127.0.0.1"]
     assert "hypervisor 127.0.0.1 (%s) was skipped" % UNREACHABLE in " ".join(stderr.split())
+
+
+def test_ansible_host_is_the_dhcp_lease_of_a_running_vm(tmp_path, leased_vm):
+    listing, _stderr = inventory(tmp_path, hypervisors=[URI])
+    host = listing["_meta"]["hostvars"][LEASE_VM]
+    assert host["ansible_host"] == leased_vm and host["skygrid_addresses"] == [leased_vm]
+    assert leased_vm.startswith("192.168.239.1")  # from the network's DHCP range, not pinned
+    assert LEASE_VM in listing["state_running"]["hosts"] and LEASE_VM in listing["vo_lhcb"]["hosts"]
 
 
 def test_leased_address_from_a_second_hypervisor(tmp_path, defined_vm):

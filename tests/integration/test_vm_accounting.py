@@ -11,6 +11,7 @@ import os
 import pytest
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
+from libvirt_objects import remove
 from modrun import run_module
 
 libvirt = pytest.importorskip("libvirt")
@@ -19,28 +20,18 @@ URI = "qemu:///system"
 VM_NAME = "sgops-acct-1"
 
 
-def _remove(conn):
-    try:
-        dom = conn.lookupByName(VM_NAME)
-    except libvirt.libvirtError:
-        return
-    if dom.isActive():
-        dom.destroy()
-    dom.undefine()
-
-
 @pytest.fixture
 def paused_vm():
     libvirt.registerErrorHandler(lambda _c, _e: None, None)
     conn = libvirt.open(URI)
-    _remove(conn)
+    remove(conn, domains=[VM_NAME])
     spec, _seed = vm_spec.normalise({"name": VM_NAME, "virt_type": "qemu", "vcpus": 1, "memory_mb": 64,
                                      "console_log": "",
                                      "metadata": {"vo": "lhcb", "trust_class": 2, "image_id": "sgops-image"}})
     dom = conn.defineXML(vm_spec.to_xml(spec))
     dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
     yield conn, dom
-    _remove(conn)
+    remove(conn, domains=[VM_NAME])
     conn.close()
 
 

@@ -9,20 +9,16 @@ before and after. Its assertions look only at its own VOs and node, so other job
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
+from conftest import sh, slurm_node as show_node, stop_test_slurmds, wait_for
 from modrun import run_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TESTBED = os.path.join(ROOT, "scripts", "slurm-testbed.sh")
 QSTAT = os.path.join(ROOT, "tests", "fixtures", "torque", "qstat")
 PREFIX = "sgdemand-"
 NODE = PREFIX + "dyn1"
@@ -31,34 +27,12 @@ FEATURE = "sgdemand_a"
 LIVE_VOS = {"sgd_a": {"features": [FEATURE], "partition": []}, "sgd_p": {"partition": PARTITION, "features": []}}
 
 
-def sh(*argv, check=True):
-    proc = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError("%s failed (%d): %s%s" % (" ".join(argv), proc.returncode, proc.stdout, proc.stderr))
-    return proc
-
-
-def wait_for(predicate, timeout, what, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-
-
 def ok(result):
     assert result["rc"] == 0 and not result.failed, result.get("msg")
     return result
 
 
 # ------------------------------------------------------------------------------------------ Slurm, live
-
-
-def show_node(name):
-    proc = sh("scontrol", "-o", "-F", "show", "node", name, check=False)
-    return proc.stdout if proc.returncode == 0 else ""
 
 
 def our_jobs():
@@ -73,26 +47,14 @@ def cleanup():
     wait_for(lambda: not our_jobs(), 60, "our jobs to end", interval=0.5)
     if "PartitionName=%s " % PARTITION in sh("scontrol", "-o", "show", "partition", PARTITION, check=False).stdout:
         sh("scontrol", "delete", "partitionname=%s" % PARTITION, check=False)
-    for pidfile in glob.glob("/run/slurmd-%s*.pid" % PREFIX):
-        try:
-            with open(pidfile) as handle:
-                pid = int(handle.read().strip())
-            os.kill(pid, signal.SIGTERM)
-            wait_for(lambda pid=pid: not os.path.exists("/proc/%d" % pid), 20, "slurmd %d to stop" % pid)
-        except (ValueError, ProcessLookupError, FileNotFoundError):
-            pass
-        if os.path.exists(pidfile):
-            os.unlink(pidfile)
+    stop_test_slurmds(PREFIX)
     if show_node(NODE):
         wait_for(lambda: sh("scontrol", "delete", "nodename=%s" % NODE, check=False).returncode == 0
                  or not show_node(NODE), 60, "removing node %s" % NODE, interval=1)
 
 
 @pytest.fixture(scope="module")
-def slurm():
-    if os.geteuid() != 0:
-        pytest.skip("the Slurm test bed needs root")
-    sh("bash", TESTBED, "start")
+def slurm(slurm_testbed):
     cleanup()
     yield
     cleanup()
@@ -116,7 +78,7 @@ def demand(check=False, **args):
 def test_slurm_live(slurm):
     # Our own node: 1 CPU, a feature only our jobs ask for, a high weight so other jobs prefer other nodes.
     sh("/usr/sbin/slurmd", "-Z", "-N", NODE, "--conf", "CPUs=1 RealMemory=256 Weight=60000 Feature=%s" % FEATURE)
-    wait_for(lambda: "State=IDLE" in show_node(NODE), 30, "slurmd %s to register" % NODE)
+    wait_for(lambda: "State=IDLE" in (show_node(NODE) or ""), 30, "slurmd %s to register" % NODE)
     sh("scontrol", "create", "partitionname=%s" % PARTITION, "nodes=%s" % NODE, "state=UP")
 
     running = submit("-J", PREFIX + "run", "-C", FEATURE, "--wrap", "sleep 120")

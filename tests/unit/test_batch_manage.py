@@ -7,7 +7,8 @@ import pytest
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch import get_backend
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch.base import BatchBackend, NodeState
-from ansible_collections.skygrid.fabric.plugins.module_utils.batch.manage import DEFAULT_NOTE, ensure_node, node_spec, queue_spec
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch.manage import (
+    DEFAULT_NOTE, ensure_node, ensure_nodes, node_spec, node_specs, queue_spec)
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from ansible_collections.skygrid.fabric.plugins.module_utils.reconcile import Reconciler
 from doubles.transcript import FakeClock, Transcript
@@ -85,6 +86,33 @@ def test_add_then_idempotent():
     backend.changes = []
     result, reconciler = run(backend, state="online", cores=2, properties=["vm", "atlas"])
     assert backend.changes == [] and not reconciler.changed
+
+
+def test_a_nodes_list_changes_only_the_nodes_that_differ():
+    backend = MemoryBackend({"wn1-atlas-1": vm()})
+    params = {"state": "present", "wait_drained": True, "timeout": 60, "force": False,
+              "nodes": [{"name": "wn1-atlas-1", "cores": 2, "properties": ["atlas", "vm"]},
+                        {"name": "wn1-lhcb-1", "cores": 1, "properties": ["lhcb", "vm"]}]}
+    reconciler = Reconciler()
+    results = ensure_nodes(backend, node_specs(params), reconciler)
+    assert backend.changes == [("add", "wn1-lhcb-1", 1, ["lhcb", "vm"])]
+    assert [result["name"] for result in results] == ["wn1-atlas-1", "wn1-lhcb-1"]
+    assert reconciler.actions == ["add node wn1-lhcb-1 (1 cores, properties lhcb,vm)"]
+    assert sorted(reconciler.diff()["after"]) == ["wn1-atlas-1", "wn1-lhcb-1"]
+    again = Reconciler()
+    ensure_nodes(backend, node_specs(params), again)
+    assert not again.changed
+
+
+@pytest.mark.parametrize("nodes, field", [
+    ([{"name": "ok-1"}, {"name": "bad name"}], "nodes[1].name"),
+    ([{"name": "ok-1", "cores": 0}], "nodes[0].cores"),
+    ([{"name": "twice"}, {"name": "twice"}], "nodes"),
+])
+def test_a_nodes_list_error_names_the_item(nodes, field):
+    with pytest.raises(FabricError) as err:
+        node_specs({"state": "present", "nodes": nodes})
+    assert err.value.field == field and str(err.value).startswith(field + ": ")
 
 
 def test_check_mode_changes_nothing_and_reports_all():

@@ -3,7 +3,7 @@
 import pytest
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.planning.slots import plan_slots
+from ansible_collections.skygrid.fabric.plugins.module_utils.planning.slots import batch_node_items, batch_nodes, plan_slots
 
 VOS = {"atlas": {"share": 60, "vm": {"vcpus": 2, "memory_mb": 4096}},
        "lhcb": {"share": 40, "vm": {"vcpus": 1, "memory_mb": 2048}}}
@@ -67,3 +67,13 @@ def test_ip_pool_size():
                          "gateway": "10.0.0.1"}) == 10
     with pytest.raises(FabricError):
         ip_pool_size({"cidr": "nonsense"})
+
+
+def test_batch_node_items_keep_what_batch_node_takes():
+    plan = plan_slots("wn1", 10, 64000, VOS)
+    nodes = batch_nodes(plan, VOS, {plan[0]["name"]: {"ip": "10.20.0.17"}})
+    slurm = batch_node_items(nodes, "slurm")
+    assert slurm[0] == {"name": plan[0]["name"], "cores": 2, "properties": ["atlas", "vm"], "address": "10.20.0.17"}
+    assert all(set(item) <= {"name", "cores", "properties", "address"} for item in slurm)
+    torque = batch_node_items(nodes, "torque")
+    assert torque[0]["memory_mb"] == 4096 and len(torque) == len(plan)

@@ -147,6 +147,38 @@ def ensure_node(backend, spec, reconciler):
     return result
 
 
+NODE_ITEM_KEYS = ("name", "cores", "memory_mb", "properties", "address", "note")
+
+
+def node_specs(params):
+    """Specs for a ``nodes`` list: each item's own keys over the call's state, wait and force; an item's
+    error names it (``nodes[2].name``)."""
+    specs = []
+    for index, item in enumerate(params["nodes"]):
+        merged = dict(params, **{key: item.get(key) for key in NODE_ITEM_KEYS})
+        try:
+            specs.append(node_spec(merged))
+        except FabricError as exc:
+            field = "nodes[%d].%s" % (index, exc.field) if exc.field in NODE_ITEM_KEYS else exc.field
+            raise FabricError(str(exc).split(": ", 1)[-1], field=field)
+    names = [spec["name"] for spec in specs]
+    repeated = sorted(name for name in set(names) if names.count(name) > 1)
+    if repeated:
+        raise FabricError("each node once; %s appear more than once" % ", ".join(repeated), field="nodes")
+    return specs
+
+
+def ensure_nodes(backend, specs, reconciler):
+    """Several nodes in one call (one process for all of a host's VM slots), in order, each through a
+    reconciler of its own so one node's change does not make another look changed."""
+    results = []
+    for spec in specs:
+        child = reconciler.child()
+        results.append(ensure_node(backend, spec, child))
+        reconciler.merge(child)
+    return results
+
+
 def _plan_node_updates(backend, current, spec, reconciler):
     name = current.name
     resize = spec["cores"] is not None and spec["cores"] != current.cores

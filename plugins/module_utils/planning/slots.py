@@ -202,3 +202,10 @@ def batch_nodes(plan, vos, leases=None):
             node.update(address=lease["ip"], conf="NodeAddr=%s" % lease["ip"])
         nodes.append(node)
     return nodes
+
+
+def batch_node_items(nodes, backend):
+    """The items skygrid.fabric.batch_node's ``nodes`` option takes, from :func:`batch_nodes`. Memory goes
+    to Torque only: a Slurm VM's slurmd declares its own when it registers."""
+    keys = ("name", "cores", "properties", "address") + (("memory_mb",) if backend == "torque" else ())
+    return [{key: node[key] for key in keys if key in node} for node in nodes]
