@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """The hostile VM's boot script (tests/e2e/test_3_hostile_vm.py): run as root, at boot, in a VO worker
 VM that holds its VO cluster's munge key - what any VO controlling its image has. It tries what such a VO
 would try against the site and prints one console line per attempt:
