@@ -192,7 +192,14 @@ mom_free_or_cleared() { # a node left offline by an earlier run goes back to ser
   state=$(node_state "$HOST")
   case $state in
     free) return 0 ;;
-    offline | offline,*) "$BIN/pbsnodes" -c -N n "$HOST" >/dev/null 2>&1 ;;
+    offline | offline,*)
+      # but one that skygrid.fabric drained into a VM host (the site in a box on Torque) stays so
+      if "$BIN/pbsnodes" -x "$HOST" 2>/dev/null | grep -q '<note>[^<]*skygrid\.fabric'; then
+        [[ $state == offline ]] && return 0
+      else
+        "$BIN/pbsnodes" -c -N n "$HOST" >/dev/null 2>&1
+      fi
+      ;;
   esac
   return 1
 }
