@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import libvirt, lookup
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import is_no_such, libvirt, lookup
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm.lifecycle import run_state
 
 
@@ -57,4 +57,12 @@ def describe_all(conn, name=None):
     if name:
         dom = lookup(conn.lookupByName, name)
         return [describe(dom)] if dom is not None else []
-    return sorted((describe(dom) for dom in conn.listAllDomains()), key=lambda vm: vm["name"])
+    vms = []
+    for dom in conn.listAllDomains():
+        try:
+            vms.append(describe(dom))
+        except libvirt.libvirtError as exc:
+            # undefined between the listing and the reading (another run removing its VMs): not there
+            if not is_no_such(exc, libvirt.VIR_ERR_NO_DOMAIN):
+                raise
+    return sorted(vms, key=lambda vm: vm["name"])
