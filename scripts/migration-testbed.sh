@@ -64,34 +64,16 @@ TINI_PIDFILE=$DAEMON_DIR/tini.pid
 LIBVIRTD_PIDFILE=$DAEMON_DIR/libvirtd.pid
 VIRTLOGD_PIDFILE=$DAEMON_DIR/virtlogd.pid
 DAEMON_LOG=$DAEMON_DIR/libvirtd.out
-# state dir -> mount point inside host B's mount namespace
-BINDS=(
-  "etc-libvirt:/etc/libvirt"
-  "var-lib-libvirt:/var/lib/libvirt"
-  "run-libvirt:/run/libvirt"
-  "var-log-libvirt:/var/log/libvirt"
-  "var-cache-libvirt:/var/cache/libvirt"
-)
 SELF=$(readlink -f "$0")
+# shellcheck disable=SC2034  # both read by lib/testbed-common.sh
+TB_NAME=migration-testbed TB_SCRIPT=scripts/migration-testbed.sh
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "$SELF")/lib/testbed-common.sh"
 
-say() { echo "migration-testbed: $*"; }
-die() { echo "migration-testbed: ERROR: $*" >&2; exit 1; }
-
-pid_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
-pidfile_pid() { if [[ -s $1 ]]; then tr -dc 0-9 <"$1"; fi; }
-pid_comm() { cat /proc/"$1"/comm 2>/dev/null || true; }
-# pid from a pid file, only if it is alive and runs the expected program
-live_pid() {  # pidfile comm
-  local pid
-  pid=$(pidfile_pid "$1")
-  if pid_alive "$pid" && [[ $(pid_comm "$pid") == "$2" ]]; then echo "$pid"; fi
-}
 tini_pid() { live_pid "$TINI_PIDFILE" tini; }
 libvirtd_pid() { live_pid "$LIBVIRTD_PIDFILE" libvirtd; }
 virtlogd_pid() { live_pid "$VIRTLOGD_PIDFILE" virtlogd; }
 
-ns_exists() { [[ -e /run/netns/$NS ]] && ip netns list | awk '{print $1}' | grep -qx "$NS"; }
-ns_pids() { if ns_exists; then ip netns pids "$NS" 2>/dev/null || true; fi; }
 
 virsh_b() { timeout 30 virsh -q -c "$URI" "$@"; }
 virsh_a() { timeout 30 virsh -q -c "$HOST_URI" "$@"; }
@@ -112,7 +94,7 @@ check_prereqs() {
 }
 
 ensure_network() {
-  if ns_exists; then
+  if ns_exists "$NS"; then
     say "network namespace $NS exists"
   else
     say "creating network namespace $NS"
@@ -135,45 +117,6 @@ ensure_network() {
   ip -n "$NS" link set "$VETH_NS" up
 }
 
-# Comment out active settings of these keys, then (re)write our block at the end of the file.
-# libvirt's config parser uses the FIRST occurrence of a key, so old lines must go.
-set_conf_block() {  # file key=value...
-  local file=$1 kv key sed_keys=()
-  shift
-  for kv in "$@"; do
-    [[ $kv == \#* ]] && continue
-    key=${kv%%=*}
-    sed_keys+=(-e "s/^[[:space:]]*\\(${key}[[:space:]]*=\\)/#skygrid-migration# \\1/")
-  done
-  sed -i -e '/^# >>> skygrid-migration/,/^# <<< skygrid-migration/d' "${sed_keys[@]}" "$file"
-  {
-    echo "# >>> skygrid-migration (managed by scripts/migration-testbed.sh; rewritten on start)"
-    for kv in "$@"; do
-      [[ $kv == \#* ]] && { echo "$kv"; continue; }
-      echo "${kv%%=*} = ${kv#*=}"
-    done
-    echo "# <<< skygrid-migration"
-  } >>"$file"
-}
-
-copy_etc_once() {
-  [[ -f $ETC_DIR/.skygrid-copied ]] && return 0
-  say "copying /etc/libvirt -> $ETC_DIR (once)"
-  local tmp=$STATE_DIR/.etc-libvirt.tmp f
-  rm -rf "$tmp"
-  cp -a /etc/libvirt "$tmp"
-  # Host B starts empty: none of host A's domains, secrets, or pools/networks other than the
-  # packaged `default` ones (they would point at host A's directories or bridges).
-  rm -f "$tmp"/qemu/*.xml "$tmp"/qemu/autostart/* "$tmp"/secrets/*
-  for f in "$tmp"/storage/*.xml "$tmp"/storage/autostart/*.xml \
-    "$tmp"/qemu/networks/*.xml "$tmp"/qemu/networks/autostart/*.xml; do
-    [[ -e $f && $(basename "$f") != default.xml ]] && rm -f "$f"
-  done
-  touch "$tmp/.skygrid-copied"
-  rm -rf "$ETC_DIR"
-  mv "$tmp" "$ETC_DIR"
-}
-
 configure_etc() {
   local uuid_file=$DAEMON_DIR/host-uuid uuid host_a_uuid
   if [[ ! -s $uuid_file ]]; then
@@ -185,7 +128,7 @@ configure_etc() {
     cat /proc/sys/kernel/random/uuid >"$uuid_file"
     uuid=$(tr -dc 0-9a-f- <"$uuid_file")
   fi
-  set_conf_block "$ETC_DIR/libvirtd.conf" \
+  set_conf_block skygrid-migration "$ETC_DIR/libvirtd.conf" \
     "listen_tls=0" \
     "listen_tcp=1" \
     "listen_addr=\"$ADDR_NS\"" \
@@ -197,7 +140,7 @@ configure_etc() {
     "# distinct from host A: libvirt refuses to migrate to a host with the same UUID" \
     "host_uuid=\"$uuid\"" \
     "log_outputs=\"3:file:/var/log/libvirt/libvirtd.log\""
-  set_conf_block "$ETC_DIR/qemu.conf" \
+  set_conf_block skygrid-migration "$ETC_DIR/qemu.conf" \
     "# incoming migrations (and their NBD disk copies) listen here, and sources are told to connect here" \
     "migration_address=\"$ADDR_NS\"" \
     "migration_host=\"$ADDR_NS\"" \
@@ -211,52 +154,19 @@ configure_etc() {
     "$ADDR_HOST $(hostname)" >"$DAEMON_DIR/hosts"
 }
 
-# Top-level directories of the private trees get the owner and mode of the host's.
-mirror_top_dirs() {  # host_dir private_dir
-  local d name
-  mkdir -p "$2"
-  chmod --reference="$1" "$2" 2>/dev/null || true
-  for d in "$1"/*/; do
-    [[ -d $d ]] || continue
-    name=$(basename "$d")
-    mkdir -p "$2/$name"
-    chown --reference="$d" "$2/$name"
-    chmod --reference="$d" "$2/$name"
-  done
-}
-
 prepare_state() {
   mkdir -p "$STATE_DIR" "$DAEMON_DIR" "$POOL_A" "$POOL_B"
   chmod 0755 "$STATE_DIR" "$POOL_A" "$POOL_B"
   chmod 0700 "$DAEMON_DIR"
-  copy_etc_once
+  prepare_libvirt_trees "$STATE_DIR"
   configure_etc
-  mirror_top_dirs /var/lib/libvirt "$STATE_DIR/var-lib-libvirt"
-  mirror_top_dirs /var/log/libvirt "$STATE_DIR/var-log-libvirt"
-  mirror_top_dirs /var/cache/libvirt "$STATE_DIR/var-cache-libvirt"
-  mkdir -p "$STATE_DIR/run-libvirt"
-  chmod 0755 "$STATE_DIR/run-libvirt"
 }
 
 # Runs as PID of the future tini, inside netns $NS and a fresh mount + UTS namespace.
 ns_init() {
   [[ ${SKYGRID_MIGRATION_INNER:-} == 1 ]] || die "internal subcommand"
-  local b src dst
   mount --make-rprivate /
-  # sysfs of this network namespace, without the cgroup mounts below /sys (see the header);
-  # detached, not shadowed: libvirt looks for cgroup mounts in /proc/mounts
-  umount -l /sys
-  mount -t sysfs sysfs /sys
-  for b in "${BINDS[@]}"; do
-    src=$STATE_DIR/${b%%:*}
-    dst=${b#*:}
-    mkdir -p "$dst"
-    mount --bind "$src" "$dst"
-  done
-  # /var/run is a symlink to /run on Debian; bind it too where it is not
-  if [[ ! -L /var/run && -d /var/run/libvirt ]]; then
-    mount --bind "$STATE_DIR/run-libvirt" /var/run/libvirt
-  fi
+  mount_private_libvirt "$STATE_DIR"  # own sysfs without cgroups (see the header), private trees
   mount --bind "$DAEMON_DIR/hosts" /etc/hosts
   mount -t tmpfs -o ro,size=16k,mode=0755 sgmig-hidden "$POOL_A"
   hostname "$HOSTNAME_B"
@@ -276,7 +186,7 @@ start_daemons() {
     say "libvirtd (host B) running (tini pid $(tini_pid)) but not answering yet; waiting"
     return
   fi
-  if [[ -z $(ns_pids) && -z $(virtlogd_pid) ]]; then
+  if [[ -z $(ns_pids "$NS") && -z $(virtlogd_pid) ]]; then
     # nothing of host B runs: runtime state of an earlier run is stale
     find "$STATE_DIR/run-libvirt" -mindepth 1 -delete
   fi
@@ -352,16 +262,6 @@ cmd_start() {
 
 # -------------------------------------------------------------------------------- stop --
 
-stop_pid() {  # name pid
-  local name=$1 pid=$2
-  pid_alive "$pid" || return 0
-  say "stopping $name (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do pid_alive "$pid" || return 0; sleep 0.1; done
-  say "$name did not exit after 10s; sending SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-}
-
 cmd_stop() {
   [[ $EUID -eq 0 ]] || die "must run as root"
   local dom tpid lpid vpid pid left
@@ -384,7 +284,7 @@ cmd_stop() {
   if [[ -n $vpid ]]; then stop_pid "virtlogd (host B)" "$vpid"; else say "virtlogd of host B is not running"; fi
   rm -f "$TINI_PIDFILE" "$LIBVIRTD_PIDFILE" "$VIRTLOGD_PIDFILE"
 
-  left=$(ns_pids)
+  left=$(ns_pids "$NS")
   for pid in $left; do
     # only processes inside our namespace (QEMU of host B if its libvirtd was gone)
     stop_pid "leftover $(pid_comm "$pid") in $NS" "$pid"
@@ -401,7 +301,7 @@ cmd_stop() {
     say "removing veth $VETH_HOST"
     ip link del "$VETH_HOST"
   fi
-  if ns_exists; then
+  if ns_exists "$NS"; then
     say "removing network namespace $NS"
     ip netns del "$NS"
   fi
@@ -421,7 +321,7 @@ pool_status() {  # virsh-function label
 
 cmd_status() {
   local rc=0 t l v
-  if ns_exists; then
+  if ns_exists "$NS"; then
     say "namespace $NS: present; $VETH_HOST $(ip -br addr show "$VETH_HOST" 2>/dev/null | awk '{print $2, $3}')," \
       "$VETH_NS $(ip -n "$NS" -br addr show "$VETH_NS" 2>/dev/null | awk '{print $2, $3}')"
   else

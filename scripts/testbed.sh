@@ -19,15 +19,15 @@ LIBVIRTD_LOG=$LOG_DIR/skygrid-testbed-libvirtd.log
 POOL_DIR=/var/lib/libvirt/images
 START_TIMEOUT=${SKYGRID_TESTBED_TIMEOUT:-600}
 
-say() { echo "testbed: $*"; }
-die() { echo "testbed: ERROR: $*" >&2; exit 1; }
+# shellcheck disable=SC2034  # both read by lib/testbed-common.sh
+TB_NAME=testbed TB_SCRIPT=scripts/testbed.sh
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "$(readlink -f "$0")")/lib/testbed-common.sh"
 
 have_systemd() { [[ -d /run/systemd/system ]] && [[ "$(cat /proc/1/comm 2>/dev/null)" == systemd ]]; }
 virsh_q() { virsh -q -c "$URI" "$@"; }
 libvirt_answers() { timeout 10 virsh -c "$URI" version >/dev/null 2>&1; }
 
-pid_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
-pidfile_pid() { if [[ -s $1 ]]; then tr -dc 0-9 <"$1"; fi; }
 
 virtlogd_pid() {
   local pid
@@ -180,16 +180,6 @@ cmd_start() {
   ensure_nwfilters
   ensure_default_pool
   say "ready"
-}
-
-stop_pid() {  # name pid
-  local name=$1 pid=$2
-  pid_alive "$pid" || return 0
-  say "stopping $name (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do pid_alive "$pid" || return 0; sleep 0.1; done
-  say "$name did not exit after 10s; sending SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
 }
 
 cmd_stop() {

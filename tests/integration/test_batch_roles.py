@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -199,6 +200,50 @@ def test_slurm_vm_user_data_rejects_unsafe_conf(tmp_path, munge_key):
     rc, output, data = slurm_vm_context(tmp_path, key_path, [{"name": "wn1", "vo": "site", "features": ["atlas"],
                                                               "conf": "X=\"a\"; rm -rf /"}], slurm_site_vos=["site"])
     assert rc != 0 and "conf holds only slurmd node parameters" in output and data is None
+
+
+def test_slurm_vo_domains_feed_the_vm_side(tmp_path, munge_key):
+    """The controller side makes each VO's cluster (key once, 0400 munge; slurm.conf with its socket and
+    port); the VM side then gives a VM of that VO exactly that key, port and socket."""
+    key_path, site_key = munge_key
+    dirs = {"slurm_vo_conf_dir": str(tmp_path / "slurm-vo"), "slurm_vo_munge_key_dir": str(tmp_path / "munge-vo"),
+            "slurm_vo_state_dir": str(tmp_path / "state"), "slurm_vo_start": False}
+    domains = [{"name": "atlas", "port": 6821, "groups": ["atlas"]}, {"name": "lhcb", "port": 6822}]
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "VO clusters", "ansible.builtin.include_role": {"name": "skygrid.fabric.slurm", "tasks_from": "vo_domains"},
+         "vars": dict(dirs, slurm_vo_domains=domains, slurm_vo_controller_host="ctl")}]}]
+    rc, out = playbook(tmp_path, play)
+    assert rc == 0, out
+    key_file = tmp_path / "munge-vo" / "atlas.key"
+    stat = key_file.stat()
+    assert oct(stat.st_mode & 0o777) == "0o400" and pwd.getpwuid(stat.st_uid).pw_name == "munge"
+    atlas_key = key_file.read_bytes()
+    assert atlas_key != (tmp_path / "munge-vo" / "lhcb.key").read_bytes() and atlas_key != site_key
+    conf = (tmp_path / "slurm-vo" / "atlas" / "slurm.conf").read_text().splitlines()
+    for line in ("SlurmctldHost=ctl", "SlurmctldPort=6821", "SlurmUser=slurm", "AuthType=auth/munge",
+                 "AuthInfo=socket=/run/munge-vo/atlas/munge.socket.2", "SlurmctldParameters=enable_configless",
+                 "PartitionName=atlas Nodes=ALL Default=YES AllowGroups=atlas State=UP"):
+        assert line in conf, line
+    assert not [line for line in conf if line.startswith("NodeName=")]  # no node is static
+    rc, out = playbook(tmp_path, play)
+    assert rc == 0 and recap_changed(out) == 0, out
+    assert key_file.read_bytes() == atlas_key  # never replaced
+
+    rc, output, data = slurm_vm_context(tmp_path, key_path, [{"name": "wn1-atlas-1", "vo": "atlas"}],
+                                        **{k: dirs[k] for k in ("slurm_vo_conf_dir", "slurm_vo_munge_key_dir")})
+    assert rc == 0, output
+    files = by_path(data["wn1-atlas-1"])
+    assert base64.b64decode(files["/etc/munge/munge.key"]["content"]) == atlas_key
+    assert "SERVER='10.20.0.1:6821'" in files["/usr/local/sbin/skygrid-slurm-join"]["content"]
+
+
+def test_slurm_vo_domains_refuse_a_shared_port(tmp_path):
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "VO clusters", "ansible.builtin.include_role": {"name": "skygrid.fabric.slurm", "tasks_from": "vo_domains"},
+         "vars": {"slurm_vo_domains": [{"name": "atlas", "port": 6817}], "slurm_vo_start": False,
+                  "slurm_vo_conf_dir": str(tmp_path / "c"), "slurm_vo_munge_key_dir": str(tmp_path / "k")}}]}]
+    rc, out = playbook(tmp_path, play)
+    assert rc != 0 and "a port of their own" in out and not (tmp_path / "k").exists()
 
 
 # ------------------------------------------------------------------------------------------ torque

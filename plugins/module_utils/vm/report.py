@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import is_no_such, libvirt, lookup
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import libvirt, lookup
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm.lifecycle import run_state
 
 
@@ -53,16 +53,17 @@ def describe(dom):
     }
 
 
+def _describe_if_there(dom):
+    """describe(dom), or None for a domain undefined since it was listed (another run removed it)."""
+    try:
+        return describe(dom)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
 def describe_all(conn, name=None):
-    if name:
-        dom = lookup(conn.lookupByName, name)
-        return [describe(dom)] if dom is not None else []
-    vms = []
-    for dom in conn.listAllDomains():
-        try:
-            vms.append(describe(dom))
-        except libvirt.libvirtError as exc:
-            # undefined between the listing and the reading (another run removing its VMs): not there
-            if not is_no_such(exc, libvirt.VIR_ERR_NO_DOMAIN):
-                raise
-    return sorted(vms, key=lambda vm: vm["name"])
+    domains = conn.listAllDomains() if not name else [dom for dom in [lookup(conn.lookupByName, name)] if dom]
+    found = (_describe_if_there(dom) for dom in domains)
+    return sorted((vm for vm in found if vm is not None), key=lambda vm: vm["name"])
