@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, VOS, assert_unchanged, run_playbook, sh
+from sitebox import ROOT, VOS, assert_unchanged, run_playbook, sh
 
 TORQUE = os.environ.get("SKYGRID_TORQUE_PREFIX", "/opt/skygrid/torque-6.1.3")
 EXTRA = ("-e", "@" + os.path.join(ROOT, "inventories", "local_torque.yml"))
