@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, VOS, assert_unchanged, run_playbook, sh
+from sitebox import ROOT, VOS, assert_unchanged, run_playbook, sh
 
 TORQUE = os.environ.get("SKYGRID_TORQUE_PREFIX", "/opt/skygrid/torque-6.1.3")
 EXTRA = ("-e", "@" + os.path.join(ROOT, "inventories", "local_torque.yml"))
@@ -57,6 +57,29 @@ def play(name, *args):
     return run_playbook(name, *(EXTRA + args))
 
 
+def submit(queue, script):
+    """A job of the demo user (a normal user) in ``queue``; its id."""
+    proc = subprocess.run(["runuser", "-u", USER, "--", os.path.join(TORQUE, "bin", "qsub"), "-q", queue, "-N", "sgrebal",
+                           "-j", "oe", "-o", "/dev/null"], input=script + "\n", stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, check=False, cwd="/tmp")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def wait_for_console(slot, line, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open("/var/log/libvirt/qemu/%s-console.log" % slot, errors="replace") as handle:
+            if line in handle.read():
+                return
+        time.sleep(1)
+    raise AssertionError("%r did not appear on %s's console within %ss" % (line, slot, timeout))
+
+
+def our_slots():
+    return {name for name in vms() if name.startswith("sgtq-")}
+
+
 @pytest.fixture(scope="module")
 def torque_site():
     """libvirt and the Torque test bed up, Torque's commands on the PATH; whatever an earlier run left reverted."""
@@ -88,34 +111,48 @@ def test_torque_site_converts_idempotently_and_runs_each_vo_job_in_its_vm(torque
     assert_unchanged(rc, out, "the second convert run")
 
     # A job per VO, submitted by the normal user to the VO's queue (no -l nodes: the queue routes it).
-    jobs = {}
-    for vo in VOS:
-        proc = subprocess.run(["runuser", "-u", USER, "--", os.path.join(TORQUE, "bin", "qsub"), "-q", vo, "-j", "oe",
-                               "-o", "/dev/null"], input="echo SKYGRID-E2E $PBS_JOBID ran on $(hostname) > /dev/ttyS0\n",
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False, cwd="/tmp")
-        assert proc.returncode == 0, proc.stderr
-        jobs[vo] = proc.stdout.strip()
-    deadline = time.monotonic() + 180
-    pending = dict(jobs)
-    while pending and time.monotonic() < deadline:
-        for vo, job in list(pending.items()):
-            with open("/var/log/libvirt/qemu/sgtq-%s-1-console.log" % vo, errors="replace") as handle:
-                if "SKYGRID-E2E %s ran on sgtq-%s-1" % (job, vo) in handle.read():
-                    del pending[vo]
-        time.sleep(1)
-    assert not pending, "jobs that did not report from their VO's VM: %s" % pending
+    jobs = {vo: submit(vo, "echo SKYGRID-E2E $PBS_JOBID ran on $(hostname) > /dev/ttyS0") for vo in VOS}
+    for vo, job in jobs.items():
+        wait_for_console("sgtq-%s-1" % vo, "SKYGRID-E2E %s ran on sgtq-%s-1" % (job, vo))
     for vo, job in jobs.items():
         assert re.search(r"<exec_host>sgtq-%s-1/" % vo, tq("qstat", "-f", "-x", job).stdout) or \
             "Unknown Job" in tq("qstat", "-f", "-x", job).stdout
 
 
+def test_torque_rebalance_moves_an_idle_vm_to_the_vo_whose_jobs_wait(torque_site):
+    """lhcb's VM busy and two lhcb jobs waiting, atlas's VM idle: demand read from qstat, the atlas VM drained
+    (pbsnodes -o), removed and replaced by an lhcb VM, on which a waiting job then runs."""
+    fast = ("-e", "fabric_rebalance_cooldown_s=0", "-e", "fabric_rebalance_settle_s=0")
+    line = "echo SGREBAL $PBS_JOBID ran on $(hostname) > /dev/ttyS0; sleep %d"
+    jobs = [submit("lhcb", line % 240)]
+    wait_for_console("sgtq-lhcb-1", "SGREBAL %s ran on sgtq-lhcb-1" % jobs[0], 60)
+    jobs += [submit("lhcb", line % 1), submit("lhcb", line % 1)]
+    try:
+        rc, out = play("rebalance", "--check", *fast)
+        assert rc == 0, out[-3000:]
+        assert "move 1: sgtq-atlas-1 atlas -> lhcb as sgtq-lhcb-2" in out
+        assert our_slots() == {"sgtq-atlas-1", "sgtq-lhcb-1"}  # --check moved nothing
+
+        rc, out = play("rebalance", *fast)
+        assert rc == 0, out[-3000:]
+        assert our_slots() == {"sgtq-lhcb-1", "sgtq-lhcb-2"}
+        assert "sgtq-atlas-1" not in torque_nodes()
+        assert "<properties>lhcb,vm</properties>" in tq("pbsnodes", "-x", "sgtq-lhcb-2").stdout
+        wait_for_console("sgtq-lhcb-2", "SGREBAL %s ran on sgtq-lhcb-2" % jobs[1], 60)
+
+        rc, out = play("rebalance", *fast)
+        assert_unchanged(rc, out, "a rebalance run right after the move")
+    finally:
+        tq("qdel", *jobs)
+
+
 def test_torque_revert_leaves_nothing_behind(torque_site):
     rc, out = play("site_in_a_box_revert")
     assert rc == 0, out[-3000:]
-    assert not set(SLOTS) & torque_nodes()
+    assert not [name for name in torque_nodes() if name.startswith("sgtq-")]
     assert not {"atlas", "lhcb"} & queues()
-    assert not set(SLOTS) & vms()
-    assert not set(SLOTS) & leases()
+    assert not our_slots()
+    assert not [owner for owner in leases() if owner.startswith("sgtq-")]
     with open("/etc/hosts") as handle:
         assert "sgtq-" not in handle.read()
     with pytest.raises(KeyError):
