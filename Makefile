@@ -19,11 +19,24 @@ testbed: deps
 guest: deps
 	tests/guest/build.sh
 
-demo: testbed
-	ansible-playbook -i inventories/local playbooks/site_in_a_box.yml
+# BATCH=torque: the same site in a box on the project's TORQUE 6.1.3 test bed (built once, ~7 min)
+BATCH ?= slurm
+ifeq ($(BATCH),torque)
+DEMO_PREREQ := torque
+DEMO_ARGS := -e @inventories/local_torque.yml
+DEMO_REVERT := playbooks/site_in_a_box_revert.yml
+export PATH := /opt/skygrid/torque-6.1.3/bin:/opt/skygrid/torque-6.1.3/sbin:$(PATH)
+else ifeq ($(BATCH),slurm)
+DEMO_REVERT := playbooks/revert_worker_nodes.yml
+else
+$(error BATCH must be slurm or torque, not $(BATCH))
+endif
 
-demo-clean: testbed
-	ansible-playbook -i inventories/local playbooks/revert_worker_nodes.yml
+demo: testbed $(DEMO_PREREQ)
+	ansible-playbook -i inventories/local $(DEMO_ARGS) playbooks/site_in_a_box.yml
+
+demo-clean: testbed $(DEMO_PREREQ)
+	ansible-playbook -i inventories/local $(DEMO_ARGS) $(DEMO_REVERT)
 
 demo-vm: testbed guest
 	ansible-playbook -i inventories/local playbooks/demo_vm_lifecycle.yml
@@ -49,12 +62,20 @@ sanity:
 unit:
 	pytest -q tests/unit
 
-integration:
+integration: torque-testbed
 	pytest -q tests/integration
 
 # Execution-environment metadata, ansible-builder introspect/create, playbooks through ansible-runner (AWX's engine).
 ee:
 	pytest -q tests/ee
+
+# Torque 6.1.3 from source, once (cached outside the clone), and its one-host test bed
+.PHONY: torque torque-testbed
+torque: deps
+	scripts/torque/build.sh
+
+torque-testbed: torque
+	scripts/torque-testbed.sh start
 
 molecule:
 	molecule test -s hypervisor

@@ -68,7 +68,7 @@ def main():
     with tempfile.NamedTemporaryFile("w", suffix=".yml", dir=ROOT, delete=False) as handle:
         handle.write(EMPTY_PLAY)
     try:
-        empty, _ = run(handle.name)
+        empty = run(handle.name)[0]
     finally:
         os.unlink(handle.name)
     results["noop"] = {"converge_s": round(noop, 1), "changed": changed, "empty_play_s": round(empty, 1),

@@ -17,9 +17,7 @@ description:
   - Reads the node first and runs a command only for what differs, so a second run changes nothing.
   - Runs where the batch client commands work with administrator rights - the batch server, or any
     host with the client commands configured - usually with C(delegate_to).
-  - The Torque backend is written from Torque's documentation and tested against recorded command
-    output, not a live pbs_server (no package registry ships Torque). The Slurm backend is tested live
-    against Slurm 22.05.
+  - Both backends are tested live - Torque 6.1.3 (built from source) and Slurm 22.05.
 author:
   - skygrid.fabric contributors (@skygrid)
 requirements:
@@ -124,14 +122,17 @@ options:
   force:
     description:
       - With O(state=absent), remove the node at once, without draining it and waiting for its jobs.
-        Torque deletes it with its jobs' slots; Slurm refuses to delete a node that runs jobs, and the module fails.
+        Torque requeues its running jobs, or purges them when the server cannot reach the node's MOM; Slurm
+        refuses to delete a node that runs jobs, and the module fails.
     type: bool
     default: false
 notes:
   - A Slurm node added by this module is a dynamic node in state FUTURE until a C(slurmd -Z) on the node
     registers it; the node's features route jobs (C(sbatch --constraint=atlas)) and NodeSet partitions.
-  - Torque applies C(qmgr) changes with C(qmgr -a -c), so that a rejected request fails the task
-    (plain C(qmgr -c) exits 0 on errors).
+  - Torque applies C(qmgr) changes with C(qmgr -a -c) and also checks its stderr; C(pbsnodes -o/-c) report
+    errors with exit 0, so their stderr is checked too.
+  - Torque - a node name must resolve on the server (C(create node) fails with C(Unknown node) otherwise); a
+    new node is C(down,offline,MOM-list-not-sent) for up to a minute, during which C(pbsnodes -o) is retried.
 seealso:
   - module: skygrid.fabric.batch_queue
   - module: skygrid.fabric.vm

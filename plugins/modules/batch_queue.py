@@ -11,15 +11,15 @@ module: batch_queue
 short_description: A VO's Torque queue or Slurm partition that routes the VO's jobs to its VMs
 version_added: "0.1.0"
 description:
-  - Torque - an execution queue whose C(resources_default.neednodes) is the VO's node property, so its
-    jobs run only on nodes (VMs) with that property, with C(acl_groups) (and C(acl_group_enable)) for the
-    VO's Unix groups, and C(enabled)/C(started).
+  - Torque - an execution queue whose C(resources_default.neednodes) is C(1:<property>), so pbs_sched runs
+    its jobs on nodes (VMs) with the VO's property (a bare property is read as a host name, and the jobs stay
+    queued; a user's own C(-l nodes=) replaces the default), with C(acl_groups) (and C(acl_group_enable),
+    C(acl_group_sloppy) so secondary groups count) for the VO's Unix groups, and C(enabled)/C(started).
   - Slurm - a partition over the nodes with the VO's feature (or over a NodeSet of slurm.conf, which also
     takes in dynamic nodes that register later), with C(AllowGroups), C(AllowAccounts), and a state from
     O(enabled)/O(started) (C(UP), C(DOWN), C(DRAIN), C(INACTIVE)).
   - Reads the queue first and changes only what differs.
-  - The Torque backend is written from Torque's documentation and tested against recorded command
-    output, not a live pbs_server. The Slurm backend is tested live against Slurm 22.05.
+  - Both backends are tested live - Torque 6.1.3 (built from source) and Slurm 22.05.
 author:
   - skygrid.fabric contributors (@skygrid)
 requirements:
@@ -40,7 +40,10 @@ options:
     type: str
     required: true
   state:
-    description: V(present) creates or updates the queue; V(absent) deletes it (Torque refuses to delete a queue holding jobs).
+    description:
+      - V(present) creates or updates the queue; V(absent) deletes it.
+      - Torque refuses to delete a queue holding jobs that have not completed; the completed ones it still keeps
+        are purged first (C(qdel -p)).
     type: str
     choices: [present, absent]
     default: present

@@ -14,13 +14,18 @@ description:
   - Fetches a Virtual Organisation's HEPiX image list (the format vmcatcher subscribes to) over
     https, http or from a file, verifies its S/MIME signature, and returns the endorser and the images.
   - The signature must cover the content (a detached PKCS#7 signature, C(multipart/signed), as
-    C(openssl smime -sign) writes it); the signer certificate must chain to a CA in O(ca_path) and
-    only there (the system trust store is not used); its subject and issuer must be one of
-    O(endorsers) and equal the list's own C(hv:endorser) C(hv:dn) and C(hv:ca).
-  - An unsigned list, a list whose signature does not match its content, an unknown or untrusted
-    signer, an expired list (C(dc:date:expires)) and a malformed list each fail with an error that
+    C(openssl smime -sign) writes it); the signer's subject and issuer must be one of O(endorsers)
+    and equal the list's own C(hv:endorser) C(hv:dn) and C(hv:ca); its chain must end at the CA
+    certificate pinned for that endorser (O(endorsers[].ca_sha256) or O(endorsers[].ca_cert)); and it
+    must verify against O(ca_path) only (the system trust store is not used), with revocation checked
+    against the CRLs there (O(crl_check)).
+  - An unsigned list, a list whose signature does not match its content, an unknown, untrusted,
+    wrongly chained or revoked signer, a missing or out-of-date CRL, an C(http://) URL without
+    O(allow_http), an expired list (C(dc:date:expires)) and a malformed list each fail with an error that
     says which and what to do. Only the content the signature covers is parsed.
   - Reads only; M(skygrid.fabric.vo_image) stages the images.
+extends_documentation_fragment:
+  - skygrid.fabric.image_trust
 author:
   - skygrid.fabric contributors (@skygrid)
 requirements:
@@ -38,29 +43,6 @@ options:
     type: str
     required: true
     aliases: [list_url]
-  endorsers:
-    description:
-      - The VO's endorsers the site accepts. A list signed by anyone else is refused.
-      - DNs in OpenSSL slash form (C(/C=CH/O=CERN/CN=Jane Endorser)); C(Email=) and C(emailAddress=)
-        are the same attribute.
-    type: list
-    elements: dict
-    required: true
-    suboptions:
-      dn:
-        description: Subject DN of the endorser's certificate.
-        type: str
-        required: true
-      ca:
-        description: Subject DN of the CA that issued it.
-        type: str
-        required: true
-  ca_path:
-    description:
-      - Directory of trusted CA certificates in OpenSSL hashed form (C(<hash>.0) files), as the
-        IGTF distribution installs them.
-    type: path
-    default: /etc/grid-security/certificates
   validate_certs:
     description: Verify the TLS certificate of an https O(url).
     type: bool
@@ -82,6 +64,7 @@ EXAMPLES = r"""
     endorsers:
       - dn: /DC=ch/DC=cern/OU=Organic Units/OU=Users/CN=atlasimg/CN=123456/CN=ATLAS Image Endorser
         ca: /DC=ch/DC=cern/CN=CERN Grid Certification Authority
+        ca_sha256: "{{ cern_grid_ca_sha256 }}"   # openssl x509 -in <CA>.pem -noout -fingerprint -sha256
     ca_path: /etc/grid-security/certificates
   register: atlas_list
 
@@ -207,7 +190,7 @@ images:
 """
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
-from ansible_collections.skygrid.fabric.plugins.module_utils.images.args import endorser_options
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.args import trust_options
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
 
 
@@ -215,15 +198,16 @@ class ImageListModule(FabricModule):
     supports_check_mode = True
     argument_spec = dict(
         url=dict(type="str", required=True, aliases=["list_url"]),
-        endorsers=dict(type="list", elements="dict", required=True, options=endorser_options()),
-        ca_path=dict(type="path", default=image_list.DEFAULT_CA_PATH),
+        **trust_options(),
         validate_certs=dict(type="bool", default=True),
         timeout=dict(type="int", default=30),
     )
 
     def run(self):
-        verified = image_list.load(self.params["url"], self.params["endorsers"], self.params["ca_path"], field="url",
-                                   timeout=self.params["timeout"], validate_certs=self.params["validate_certs"])
+        params = self.params
+        verified = image_list.load(params["url"], params["endorsers"], params["ca_path"], field="url",
+                                   timeout=params["timeout"], validate_certs=params["validate_certs"],
+                                   crl_check=params["crl_check"], allow_http=params["allow_http"])
         images = verified.pop("images")
         endorser = verified.pop("endorser")
         verified.pop("signer")

@@ -24,8 +24,8 @@ description:
     C(queued) (unless O(count_held=true)), so they do not pull VM slots to their VO. Slurm jobs waiting
     with C(BadConstraints) (no node has the feature yet: the VO has no VM) are queued."
   - Runs where the batch client commands work - the batch server, usually with C(delegate_to). Reads only.
-  - The Slurm reader is tested live against Slurm 22.05. The Torque reader is written from the Torque 6
-    documentation and tested against recorded C(qstat -f -x) output, not a live pbs_server.
+  - Both readers are tested live - Slurm 22.05 and Torque 6.1.3 (built from source); Torque 4 forms and
+    multi-node jobs against reconstructed C(qstat -f -x) output.
 author:
   - skygrid.fabric contributors (@skygrid)
 requirements:

@@ -23,9 +23,12 @@ description:
     not a volume name), resuming an interrupted download with an HTTP Range request, stops at the
     declared size, and computes the sha512 while streaming. C(qemu-img info) detects the format -
     only qcow2 and raw are staged, a qcow2 that names a backing file or an external data file is
-    refused, and a format other than the one declared is refused. A raw image is converted to qcow2.
+    refused, and a format other than the one declared is refused; so is a virtual size above
+    O(max_virtual_size_gb). C(qemu-img info) runs with its memory and CPU time capped. A raw image is
+    converted to qcow2.
     The volume is made read-only (0444), its provenance record written, and it is published by an
-    atomic rename under its final name, C(<vo>-<image id>[-<version>].qcow2); then the pool is refreshed.
+    atomic rename under its final name, C(<vo>+<image id>[+<version>].qcow2) (no part may hold
+    C(+), so two images never share a name); then the pool is refreshed.
   - Any refusal leaves nothing under the final name and no partial file, except an interrupted
     download, which is kept in the staging directory and resumed by the next run.
   - A volume already staged with the same VO, image id, version and sha512 is left alone
@@ -37,6 +40,8 @@ description:
     images in use are kept and reported in RV(kept).
   - A VM uses a volume when its disk is the volume or an overlay on it (the base volume
     M(skygrid.fabric.vm) records in the domain's metadata), or when a qcow2 in the pool is backed by it.
+extends_documentation_fragment:
+  - skygrid.fabric.image_trust
 author:
   - skygrid.fabric contributors (@skygrid)
 requirements:
@@ -132,27 +137,16 @@ options:
   list_url:
     description: URL of the VO's signed image list (class 2).
     type: str
-  endorsers:
-    description: The VO's endorsers the site accepts (class 2), as in M(skygrid.fabric.image_list).
-    type: list
-    elements: dict
-    suboptions:
-      dn:
-        description: Subject DN of the endorser's certificate, OpenSSL slash form.
-        type: str
-        required: true
-      ca:
-        description: Subject DN of the CA that issued it.
-        type: str
-        required: true
-  ca_path:
-    description: Directory of trusted CA certificates in OpenSSL hashed form (class 2).
-    type: path
-    default: /etc/grid-security/certificates
   prune:
     description: Remove this VO's staged images that are no longer wanted and not in use (see above).
     type: bool
     default: false
+  max_virtual_size_gb:
+    description:
+      - The largest virtual size (GiB) an image may have; a larger one is refused. A qcow2 of 1 PiB
+        virtual size is a small download, and every VM overlay on it inherits that size.
+    type: int
+    default: 1024
   provenance_log:
     description: A file to append one JSON line to for every image staged, removed or pruned (the site's provenance log).
     type: path
@@ -165,7 +159,10 @@ options:
     type: int
     default: 60
 notes:
-  - Runs one staging at a time per pool (a lock in C(/run/lock)); a second run waits, then finds the work done.
+  - Runs one staging at a time per pool (a lock in the private C(/run/skygrid/locks)); a second run waits
+    up to an hour, then finds the work done. Removing, pruning or replacing a staged volume and creating
+    an overlay on one (M(skygrid.fabric.vm)) exclude each other, so an image is never removed under a VM
+    that is starting on it.
   - The provenance records are in C(<pool dir>/.skygrid/provenance/<volume>.provenance.json); libvirt
     lists the C(.skygrid) directory as one volume of type C(dir).
   - Only pools whose volumes are files on this host are supported (not C(logical) or other block pools).
@@ -184,6 +181,7 @@ EXAMPLES = r"""
     endorsers:
       - dn: /DC=ch/DC=cern/OU=Organic Units/OU=Users/CN=atlasimg/CN=123456/CN=ATLAS Image Endorser
         ca: /DC=ch/DC=cern/CN=CERN Grid Certification Authority
+        ca_sha256: "{{ cern_grid_ca_sha256 }}"   # the CA itself, not only its name
     prune: true
     provenance_log: /var/log/skygrid/vo_images.jsonl
   register: atlas_image
@@ -273,9 +271,9 @@ image:
     image_id: 6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4
     title: CernVM 4.8 worker
     version: "4.8.2"
-    volume: atlas-6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4-4.8.2.qcow2
+    volume: atlas+6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4+4.8.2.qcow2
     pool: vo-images
-    path: /var/lib/libvirt/images/vo/atlas-6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4-4.8.2.qcow2
+    path: /var/lib/libvirt/images/vo/atlas+6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4+4.8.2.qcow2
     trust_class: 2
     changed: true
     provenance:
@@ -320,14 +318,15 @@ kept:
   returned: always
   type: list
   elements: dict
-  sample: [{volume: atlas-old-1.qcow2, users: ["VM wn042-atlas-1"]}]
+  sample: [{volume: atlas+old+1.qcow2, users: ["VM wn042-atlas-1"]}]
 """
 
 import contextlib
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
-from ansible_collections.skygrid.fabric.plugins.module_utils.images.args import endorser_options, image_selector_options
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.args import image_selector_options, trust_options
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.formats import DEFAULT_MAX_VIRTUAL_SIZE_GB, GIB
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.names import check_trust_class
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.staging import ImageStager
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import connection
@@ -348,9 +347,9 @@ class VoImageModule(FabricModule):
         **image_selector_options(image_required=False),
         images=dict(type="list", elements="dict", options=image_selector_options(image_required=True)),
         list_url=dict(type="str"),
-        endorsers=dict(type="list", elements="dict", options=endorser_options()),
-        ca_path=dict(type="path", default=image_list.DEFAULT_CA_PATH),
+        **trust_options(),
         prune=dict(type="bool", default=False),
+        max_virtual_size_gb=dict(type="int", default=DEFAULT_MAX_VIRTUAL_SIZE_GB),
         provenance_log=dict(type="path"),
         validate_certs=dict(type="bool", default=True),
         timeout=dict(type="int", default=60),
@@ -406,9 +405,13 @@ class VoImageModule(FabricModule):
                     raise FabricError("selects the same image (volume %s) as an earlier item" % item["volume"],
                                       field=item["field"])
             with self.lock(stager):
+                if verified is not None:
+                    stager.check_list(verified)
                 result["images"] = [stager.ensure(item) for item in items]
                 if params["prune"]:
                     result["pruned"], result["kept"] = stager.prune(keep, (params["trust_class"],))
+                if verified is not None and not self.module.check_mode:
+                    stager.remember_list(verified)
         if params["image"] is not None:
             result["image"] = result["images"][0]
         self.warn_all(stager)
@@ -423,15 +426,20 @@ class VoImageModule(FabricModule):
             raise FabricError("is required for trust_class 2: the VO's endorsers (dn and ca) the site accepts",
                               field="endorsers")
         return image_list.load(params["list_url"], params["endorsers"], params["ca_path"], field="list_url",
-                               timeout=params["timeout"], validate_certs=params["validate_certs"])
+                               timeout=params["timeout"], validate_certs=params["validate_certs"],
+                               crl_check=params["crl_check"], allow_http=params["allow_http"])
 
     def stager(self, conn):
         params = self.params
         if params["trust_class"] != 2 and params["list_url"]:
             raise FabricError("is only used for trust_class 2 (VO images); a class %d image is pinned by image_url, "
                               "sha512 and size" % params["trust_class"], field="list_url")
+        if params["max_virtual_size_gb"] <= 0:
+            raise FabricError("must be a positive number of GiB (default %d)" % DEFAULT_MAX_VIRTUAL_SIZE_GB,
+                              field="max_virtual_size_gb")
         return ImageStager(conn, params["pool"], params["vo"], self.reconciler, timeout=params["timeout"],
-                           validate_certs=params["validate_certs"], provenance_log=params["provenance_log"])
+                           validate_certs=params["validate_certs"], provenance_log=params["provenance_log"],
+                           max_virtual_size=params["max_virtual_size_gb"] * GIB)
 
     def warn_all(self, stager):
         for warning in stager.warnings:

@@ -27,6 +27,7 @@ import imagelist_fixtures as fixtures  # noqa: E402  (the tests' PKI and list bu
 VOS = ("atlas", "lhcb")
 IMAGE_CACHE = os.path.join(os.environ.get("SKYGRID_CACHE", "/var/cache/skygrid"), "vo-image")
 CA_DN = "/C=NL/O=Skygrid Demo Grid/CN=Skygrid Demo CA"
+CA_FILE = "skygrid-demo-ca.pem"
 
 
 def endorser_dn(vo):
@@ -34,17 +35,19 @@ def endorser_dn(vo):
 
 
 def ensure_pki(directory):
-    """The demo CA (trusted in certificates/) and one endorser certificate per VO, made once."""
+    """The demo CA (trusted in certificates/, with a current CRL there as fetch-crl keeps it) and one
+    endorser certificate per VO, made once; the CRL is renewed when it is due within a day."""
     pki_dir = os.path.join(directory, "pki")
     marker = os.path.join(pki_dir, "done")
+    ca_path = os.path.join(directory, "certificates")
+    certificates = fixtures.Certificates(pki_dir)
+    ca = certificates.ca("ca", CA_DN)  # an earlier run's CA is kept
     if not os.path.exists(marker):
-        os.makedirs(pki_dir, exist_ok=True)
-        certificates = fixtures.Certificates(pki_dir)
-        ca = certificates.ca("ca", CA_DN)
         for vo in VOS:
             certificates.signer("endorser-" + vo, endorser_dn(vo), ca)
-        certificates.trust(os.path.join(directory, "certificates"), ca, "skygrid-demo-ca.pem")
+        certificates.trust(ca_path, ca, CA_FILE)
         open(marker, "w").close()
+    certificates.ensure_crl(ca_path, ca)
     return {vo: (os.path.join(pki_dir, "endorser-%s.pem" % vo), os.path.join(pki_dir, "endorser-%s.key" % vo))
             for vo in VOS}
 
@@ -149,7 +152,9 @@ def main():
     print(json.dumps({
         "ca_path": os.path.join(args.dir, "certificates"),
         "vos": {vo: {"image_list_url": "%s/%s.image_list" % (base_url, vo),
-                     "endorser": {"dn": endorser_dn(vo), "ca": CA_DN}, "image_id": image_id(vo)} for vo in VOS},
+                     "endorser": {"dn": endorser_dn(vo), "ca": CA_DN,
+                                  "ca_cert": os.path.join(args.dir, "certificates", CA_FILE)},
+                     "image_id": image_id(vo)} for vo in VOS},
     }, indent=2))
 
 

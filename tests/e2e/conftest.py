@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from sitebox import (  # noqa: F401 (re-exported for the e2e test modules)
-    INVENTORY, ROOT, VOS, assert_unchanged, changed_tasks, recap, run_playbook, sh, vo_env)
+from sitebox import INVENTORY, ROOT, run_playbook, sh
 
 
 @pytest.fixture(scope="session")

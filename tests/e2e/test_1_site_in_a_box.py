@@ -8,7 +8,7 @@ import os
 import subprocess
 import time
 
-from conftest import ROOT, VOS, assert_unchanged, run_playbook, sh
+from sitebox import ROOT, VOS, assert_unchanged, run_playbook, sh
 
 HOST = "localhost"
 SLOTS = ["%s-%s-1" % (HOST, vo) for vo in VOS]

@@ -26,7 +26,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, VOS, assert_unchanged, run_playbook, sh
+from sitebox import ROOT, VOS, assert_unchanged, run_playbook, sh
 from modrun import run_module
 
 HOST = "localhost"

@@ -10,10 +10,10 @@ user would install them."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -52,10 +52,8 @@ def _remove_user():
         subprocess.run(["kill", "-9", pid], check=False)
     time.sleep(0.5)
     subprocess.run(["userdel", "-r", USER], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # The user's image pool lock outlives it; its uid may go to the next new user.
-    for directory in ("/run/lock", "/var/lock", "/tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(directory, "skygrid-vo-image-%d-skygrid-desktop.lock" % uid))
+    # The user's lock directory (without XDG_RUNTIME_DIR, under /tmp) outlives it.
+    shutil.rmtree("/tmp/skygrid-%d" % uid, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

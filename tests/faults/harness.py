@@ -154,7 +154,10 @@ def batch_nodes():
 
 
 def prepare(fault):
-    """The state the fault's playbook starts from: converted for revert and rebalance, reverted for convert."""
+    """The state the fault's playbook starts from: converted for revert and rebalance, reverted for convert.
+    The daemons come first: an earlier fault (or anyone sharing the machine) may have stopped them."""
+    sh("bash", os.path.join(ROOT, "scripts", "testbed.sh"), "start")
+    sh("bash", os.path.join(ROOT, "scripts", "slurm-testbed.sh"), "start")
     wanted = "convert_worker_nodes" if fault.playbook != "convert_worker_nodes" else "revert_worker_nodes"
     rc, out = run_playbook(wanted)
     assert rc == 0, "preparing (%s) failed:\n%s" % (wanted, out[-3000:])
@@ -179,7 +182,7 @@ def inject_and_recover(fault, log):
     log.write(out)
     if rc:
         return "failed", "the repair run failed: %s" % out[-600:].replace("\n", " | ")
-    rc, out = run_playbook(fault.playbook)
+    rc, out = run_playbook(fault.playbook, "--diff")  # what still changes, shown
     log.write(out)
     changed = changed_tasks(out)
     if rc or recap(out)[1] or changed:
@@ -221,8 +224,12 @@ def campaign(names, log_dir):
     results = []
     for fault in (fault for fault in FAULTS if fault.name in names):
         with open(os.path.join(log_dir, fault.name + ".log"), "w") as log:
-            prepare(fault)
-            outcome, detail = inject_and_recover(fault, log)
+            try:
+                prepare(fault)
+            except (AssertionError, subprocess.CalledProcessError) as exc:
+                outcome, detail = "not-prepared", str(exc)[-600:].replace("\n", " | ")
+            else:
+                outcome, detail = inject_and_recover(fault, log)
             rc, out = run_playbook("revert_worker_nodes")
             log.write(out)
             leaked = leftovers() if rc == 0 else {"revert": ["failed"]}
@@ -235,8 +242,8 @@ def campaign(names, log_dir):
     logs, keys, hits = secret_scan(log_dir)
     print("secrets: %d keys searched in %d logs (one at -vvv): %s" % (keys, logs, "; ".join(hits) or "none found"),
           flush=True)
-    converged = sum(1 for _, outcome, _ in results if outcome == "converged")
-    leaked = sum(1 for _, _, items in results if items)
+    converged = sum(1 for result in results if result[1] == "converged")
+    leaked = sum(1 for result in results if result[2])
     print("%d faults, %d converged, %d leaked" % (len(results), converged, leaked), flush=True)
     return results, hits
 
@@ -257,7 +264,7 @@ def main():
     if unknown:
         parser.error("unknown faults: %s (see --list)" % ", ".join(sorted(unknown)))
     results, hits = campaign(names, args.log_dir)
-    return 0 if not hits and all(outcome == "converged" and not leaked for _, outcome, leaked in results) else 1
+    return 0 if not hits and all(result[1] == "converged" and not result[2] for result in results) else 1
 
 
 if __name__ == "__main__":

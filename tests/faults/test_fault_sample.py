@@ -11,7 +11,7 @@ def test_sample_of_faults_converges_and_leaks_nothing(tmp_path, capsys):
     results, hits = harness.campaign(harness.SAMPLE, str(tmp_path))
     report = capsys.readouterr().out
     print(report)
-    assert [fault.name for fault, _, _ in results] == list(harness.SAMPLE)
-    assert all(outcome == "converged" for _, outcome, _ in results), report
-    assert all(not leaked for _, _, leaked in results), report
+    assert [result[0].name for result in results] == list(harness.SAMPLE)
+    assert all(result[1] == "converged" for result in results), report
+    assert all(not result[2] for result in results), report
     assert not hits, report

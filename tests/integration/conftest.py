@@ -119,8 +119,9 @@ def wait_for(predicate, timeout, what="condition", interval=0.2):
 SLURM_TESTBED = os.path.join(ROOT, "scripts", "slurm-testbed.sh")
 
 
-def sh(*argv, check=True):
-    proc = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
+def sh(*argv, check=True, stdin=None):
+    proc = subprocess.run(list(argv), input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                          check=False)
     if check and proc.returncode != 0:
         raise AssertionError("%s failed (%d): %s%s" % (" ".join(argv), proc.returncode, proc.stdout, proc.stderr))
     return proc

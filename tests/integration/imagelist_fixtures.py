@@ -1,8 +1,9 @@
 """Test material for image lists and image staging, made here with openssl and qemu-img:
 
-* a PKI: the site's trusted CA (hashed into a CA directory), the VO's endorser, a rogue signer
-  from the same CA, and a rogue CA with the *same* subject as the real one issuing a certificate
-  with the endorser's DN (right names, wrong chain);
+* a PKI (class ``Pki``): the site's trusted CAs with CRLs (hashed into a CA directory), the VO's endorser,
+  a rogue signer from the same CA, a revoked endorser certificate, and two impostors with the endorser's DN
+  (right names, wrong chain): one from an untrusted CA with the real CA's name, one from an intermediate
+  carrying the real CA's name issued by another *trusted* CA;
 * HEPiX image lists, signed the way ``openssl smime -sign`` does (detached, multipart/signed);
 * an HTTP server on 127.0.0.1 with Range support and per-path modes: ``cut`` (declares the full
   length, sends half, closes), ``norange`` (ignores Range), ``nolength`` (no Content-Length).
@@ -21,6 +22,7 @@ import threading
 import uuid
 
 CA_DN = "/C=NL/O=Skygrid Test Grid/CN=Skygrid Test CA"
+OTHER_CA_DN = "/C=DE/O=Other Test Grid/CN=Other Test CA"
 ENDORSER_DN = "/C=NL/O=Skygrid Test Grid/OU=atlas/CN=Atlas Image Endorser"
 ROGUE_DN = "/C=NL/O=Skygrid Test Grid/OU=atlas/CN=Mallory Image Endorser"
 
@@ -32,12 +34,23 @@ distinguished_name = dn
 basicConstraints = critical,CA:true
 keyUsage = critical,keyCertSign,cRLSign
 subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
 [v3_signer]
 basicConstraints = critical,CA:false
 keyUsage = critical,digitalSignature,nonRepudiation
 extendedKeyUsage = emailProtection
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
+"""
+
+_CA_DATABASE = """
+[ca]
+default_ca = this_ca
+[this_ca]
+database = %(dir)s/index.txt
+crlnumber = %(dir)s/crlnumber
+default_md = sha256
+default_crl_days = 30
 """
 
 
@@ -56,9 +69,16 @@ def sha512_of(path):
     return digest.hexdigest()
 
 
+def sha256_fingerprint(cert_path):
+    """The SHA-256 fingerprint of a certificate, as ``openssl x509 -fingerprint -sha256`` prints it."""
+    out = _run(["openssl", "x509", "-in", cert_path, "-noout", "-fingerprint", "-sha256"]).decode()
+    return out.strip().partition("=")[2]
+
+
 class Certificates:
-    """The openssl recipes of a test or demo PKI under ``workdir``: self-signed CAs, the endorser (signer)
-    certificates they issue, and a trusted-CA directory (``ca_path``) the way IGTF installs one."""
+    """The openssl recipes of a test or demo PKI under ``workdir``: CAs (self-signed, or intermediates), the
+    endorser (signer) certificates they issue, their revocations and CRLs, and a trusted-CA directory
+    (``ca_path``) the way IGTF and fetch-crl install one. Certificates are ``(cert, key)`` pairs of paths."""
 
     def __init__(self, workdir):
         self.dir = workdir
@@ -67,22 +87,69 @@ class Certificates:
         with open(self.config, "w") as handle:
             handle.write(_EXTENSIONS)
 
-    def ca(self, name, dn):
-        """A self-signed CA ``<name>.pem`` / ``<name>.key``; returns (cert, key)."""
+    def ca(self, name, dn, issuer=None):
+        """A CA ``<name>.pem`` / ``<name>.key``, self-signed or issued by ``issuer`` (an intermediate); one an
+        earlier run made under ``workdir`` is kept. Returns (cert, key)."""
         cert, key = os.path.join(self.dir, name + ".pem"), os.path.join(self.dir, name + ".key")
-        _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-              "-subj", dn, "-days", "30", "-config", self.config, "-extensions", "v3_ca"])
-        return cert, key
+        if os.path.exists(cert) and os.path.exists(key):
+            return cert, key
+        return self._issue(name, dn, "v3_ca", issuer)
 
     def signer(self, name, dn, issuer):
-        """A signing (endorser) certificate issued by ``issuer`` (a (cert, key) pair); returns (cert, key)."""
+        """A signing (endorser) certificate issued by ``issuer``; returns (cert, key)."""
+        return self._issue(name, dn, "v3_signer", issuer)
+
+    def _issue(self, name, dn, extensions, issuer):
         cert, key, csr = (os.path.join(self.dir, name + ext) for ext in (".pem", ".key", ".csr"))
-        _run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", dn,
-              "-config", self.config])
-        _run(["openssl", "x509", "-req", "-in", csr, "-CA", issuer[0], "-CAkey", issuer[1], "-set_serial",
-              str(int(uuid.uuid4().int % 2 ** 62)), "-out", cert, "-days", "30", "-extfile", self.config,
-              "-extensions", "v3_signer"])
+        _run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+              key, "-out", csr, "-subj", dn, "-config", self.config])
+        signing = ["-signkey", key] if issuer is None else ["-CA", issuer[0], "-CAkey", issuer[1]]
+        _run(["openssl", "x509", "-req", "-in", csr] + signing + ["-set_serial", str(int(uuid.uuid4().int % 2 ** 62)),
+             "-out", cert, "-days", "30", "-extfile", self.config, "-extensions", extensions])
         return cert, key
+
+    def _database(self, ca):
+        """The ``openssl ca`` configuration of CA ``ca`` (its index of revoked certificates)."""
+        directory = ca[0] + ".db"
+        os.makedirs(directory, exist_ok=True)
+        for name, text in (("index.txt", ""), ("crlnumber", "01\n")):
+            if not os.path.exists(os.path.join(directory, name)):
+                with open(os.path.join(directory, name), "w") as handle:
+                    handle.write(text)
+        config = os.path.join(directory, "ca.cnf")
+        with open(config, "w") as handle:
+            handle.write(_CA_DATABASE % {"dir": directory})
+        return config
+
+    def revoke(self, ca, cert):
+        _run(["openssl", "ca", "-config", self._database(ca), "-revoke", cert, "-keyfile", ca[1], "-cert", ca[0]])
+
+    def crl(self, ca, path, last_update=None, next_update=None):
+        """Write CA ``ca``'s CRL (PEM) to ``path``: valid 30 days, or between the given times (YYYYMMDDHHMMSSZ)."""
+        args = ["openssl", "ca", "-config", self._database(ca), "-gencrl", "-keyfile", ca[1], "-cert", ca[0],
+                "-out", path]
+        if next_update:
+            args += ["-crl_lastupdate", last_update, "-crl_nextupdate", next_update]
+        _run(args)
+        return path
+
+    @staticmethod
+    def crl_path(ca_path, ca):
+        """Where fetch-crl puts CA ``ca``'s CRL: ``<subject hash>.r0`` in ``ca_path``."""
+        digest = _run(["openssl", "x509", "-in", ca[0], "-noout", "-subject_hash"]).decode().strip()
+        return os.path.join(ca_path, digest + ".r0")
+
+    def ensure_crl(self, ca_path, ca, margin=datetime.timedelta(days=1)):
+        """Keep CA ``ca``'s CRL in ``ca_path`` current, as fetch-crl would: written when missing or due within
+        ``margin``. True when it was written."""
+        path = self.crl_path(ca_path, ca)
+        if os.path.exists(path):
+            out = _run(["openssl", "crl", "-in", path, "-noout", "-nextupdate"]).decode().strip()
+            due = datetime.datetime.strptime(out.partition("=")[2], "%b %d %H:%M:%S %Y %Z")
+            if due.replace(tzinfo=datetime.timezone.utc) > datetime.datetime.now(datetime.timezone.utc) + margin:
+                return False
+        self.crl(ca, path)
+        return True
 
     @staticmethod
     def trust(ca_path, ca, filename):
@@ -94,21 +161,46 @@ class Certificates:
 
 
 class Pki:
-    """Certificates and keys under ``workdir``; ``ca_path`` trusts only the real CA."""
+    """The tests' PKI under ``workdir``. ``ca_path`` trusts the real CA and a second, unrelated CA (as an IGTF
+    bundle holds many), each with its CRL; not the rogue CA that carries the real CA's name.
+
+    * ``endorser``: the VO's endorser, issued by the real CA (pinned in ``endorsers()``);
+    * ``rogue``: another DN from the real CA; ``revoked``: the endorser's DN from the real CA, revoked;
+    * ``impostor``: the endorser's DN from the rogue CA (not trusted at all);
+    * ``chained_impostor`` (sign with ``chain=[pki.impostor_ca[0]]``): the endorser's DN from an
+      intermediate carrying the real CA's DN, issued by the *trusted* second CA.
+    """
 
     def __init__(self, workdir):
-        certificates = Certificates(workdir)
+        self.certificates = certificates = Certificates(workdir)
         self.dir = workdir
         self.ca = certificates.ca("ca", CA_DN)
+        self.other_ca = certificates.ca("other-ca", OTHER_CA_DN)
         self.rogue_ca = certificates.ca("rogue-ca", CA_DN)  # same subject, different key: not in ca_path
         self.endorser = certificates.signer("endorser", ENDORSER_DN, self.ca)
         self.rogue = certificates.signer("rogue", ROGUE_DN, self.ca)
+        self.revoked = certificates.signer("revoked", ENDORSER_DN, self.ca)
+        certificates.revoke(self.ca, self.revoked[0])
         self.impostor = certificates.signer("impostor", ENDORSER_DN, self.rogue_ca)
+        self.impostor_ca = certificates.ca("impostor-ca", CA_DN, issuer=self.other_ca)
+        self.chained_impostor = certificates.signer("chained-impostor", ENDORSER_DN, self.impostor_ca)
         self.ca_path = os.path.join(workdir, "certificates")
-        certificates.trust(self.ca_path, self.ca, "skygrid-test-ca.pem")
+        for ca, filename in ((self.ca, "skygrid-test-ca.pem"), (self.other_ca, "other-test-ca.pem")):
+            certificates.trust(self.ca_path, ca, filename)
+            certificates.ensure_crl(self.ca_path, ca)
 
-    def endorsers(self):
-        return [{"dn": ENDORSER_DN, "ca": CA_DN}]
+    def crl_path(self, ca_path=None):
+        """Where the real CA's CRL is in ``ca_path`` (default the tests' CA directory)."""
+        return self.certificates.crl_path(ca_path or self.ca_path, self.ca)
+
+    def endorsers(self, pin="ca_sha256"):
+        """The VO's endorser as a site configures it, its CA pinned by fingerprint (or ``pin="ca_cert"``)."""
+        endorser = {"dn": ENDORSER_DN, "ca": CA_DN}
+        if pin == "ca_sha256":
+            endorser["ca_sha256"] = sha256_fingerprint(self.ca[0])
+        elif pin == "ca_cert":
+            endorser["ca_cert"] = self.ca[0]
+        return [endorser]
 
 
 def _time(delta):
@@ -131,12 +223,12 @@ def image_entry(identifier, uri, path=None, size=None, sha512=None, version="1",
 
 
 def image_list(images, expires_in=datetime.timedelta(days=7), created_ago=datetime.timedelta(hours=1),
-               endorser_dn=ENDORSER_DN, ca_dn=CA_DN, identifier=None):
+               endorser_dn=ENDORSER_DN, ca_dn=CA_DN, identifier=None, list_version="1"):
     document = {"hv:imagelist": {
         "dc:identifier": identifier or str(uuid.uuid4()), "dc:title": "Skygrid test VO images",
         "dc:description": "made by the tests", "dc:date:created": _time(-created_ago),
         "dc:date:expires": _time(expires_in), "dc:source": "skygrid.test", "hv:uri": "http://127.0.0.1/test.list",
-        "hv:version": "1",
+        "hv:version": list_version,
         "hv:endorser": {"hv:x509": {"dc:creator": "Atlas Image Endorser", "hv:ca": ca_dn, "hv:dn": endorser_dn,
                                     "hv:email": "endorser@skygrid.test"}},
         "hv:images": images,
@@ -144,9 +236,19 @@ def image_list(images, expires_in=datetime.timedelta(days=7), created_ago=dateti
     return json.dumps(document, indent=2)
 
 
-def sign(text, signer):
-    """S/MIME-sign ``text`` as ``openssl smime -sign`` does (detached, multipart/signed)."""
-    return _run(["openssl", "smime", "-sign", "-signer", signer[0], "-inkey", signer[1]], input=text.encode())
+def sign(text, signer, chain=None):
+    """S/MIME-sign ``text`` as ``openssl smime -sign`` does (detached, multipart/signed); ``chain``: more
+    certificates to carry in the signature (intermediate CAs)."""
+    extra = []
+    if chain:
+        bundle = signer[0] + ".chain"
+        with open(bundle, "w") as out:
+            for path in chain:
+                with open(path) as src:
+                    out.write(src.read())
+        extra = ["-certfile", bundle]
+    return _run(["openssl", "smime", "-sign", "-signer", signer[0], "-inkey", signer[1]] + extra,
+                input=text.encode())
 
 
 def tamper(signed, old, new):

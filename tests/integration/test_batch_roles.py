@@ -1,21 +1,26 @@
 """The torque and slurm roles through ansible-playbook: the controller-side slurm.conf block (on a copy), the
-Torque server side against the command double, and the VM-side contextualisation each builds - the cloud-init
-user-data the vm module's cloud_init.user_data takes - checked for content, file modes, the munge key kept out
-of the output, and shell scripts that parse. The VM side is booted for real later, by the end-to-end test."""
+Torque server side live against the TORQUE 6.1.3 test bed (see torque_live.py), and the VM-side
+contextualisation each builds - the cloud-init user-data the vm module's cloud_init.user_data takes - checked
+for content, file modes, the munge key kept out of the output, and shell scripts that parse. The VM side is booted for real later, by the end-to-end test."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
 
 import pytest
 
+import torque_live
+from torque_live import torque
+
+__all__ = ["torque"]  # the fixture, used by name
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DOUBLE = os.path.join(ROOT, "tests", "doubles", "torque_double.py")
 VENV_BIN = os.path.dirname(sys.executable)
 
 
@@ -197,32 +202,70 @@ def test_slurm_vm_user_data_rejects_unsafe_conf(tmp_path, munge_key):
     assert rc != 0 and "conf holds only slurmd node parameters" in output and data is None
 
 
+def test_slurm_vo_domains_feed_the_vm_side(tmp_path, munge_key):
+    """The controller side makes each VO's cluster (key once, 0400 munge; slurm.conf with its socket and
+    port); the VM side then gives a VM of that VO exactly that key, port and socket."""
+    key_path, site_key = munge_key
+    dirs = {"slurm_vo_conf_dir": str(tmp_path / "slurm-vo"), "slurm_vo_munge_key_dir": str(tmp_path / "munge-vo"),
+            "slurm_vo_state_dir": str(tmp_path / "state"), "slurm_vo_start": False}
+    domains = [{"name": "atlas", "port": 6821, "groups": ["atlas"]}, {"name": "lhcb", "port": 6822}]
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "VO clusters", "ansible.builtin.include_role": {"name": "skygrid.fabric.slurm", "tasks_from": "vo_domains"},
+         "vars": dict(dirs, slurm_vo_domains=domains, slurm_vo_controller_host="ctl")}]}]
+    rc, out = playbook(tmp_path, play)
+    assert rc == 0, out
+    key_file = tmp_path / "munge-vo" / "atlas.key"
+    stat = key_file.stat()
+    assert oct(stat.st_mode & 0o777) == "0o400" and pwd.getpwuid(stat.st_uid).pw_name == "munge"
+    atlas_key = key_file.read_bytes()
+    assert atlas_key != (tmp_path / "munge-vo" / "lhcb.key").read_bytes() and atlas_key != site_key
+    conf = (tmp_path / "slurm-vo" / "atlas" / "slurm.conf").read_text().splitlines()
+    for line in ("SlurmctldHost=ctl", "SlurmctldPort=6821", "SlurmUser=slurm", "AuthType=auth/munge",
+                 "AuthInfo=socket=/run/munge-vo/atlas/munge.socket.2", "SlurmctldParameters=enable_configless",
+                 "PartitionName=atlas Nodes=ALL Default=YES AllowGroups=atlas State=UP"):
+        assert line in conf, line
+    assert not [line for line in conf if line.startswith("NodeName=")]  # no node is static
+    rc, out = playbook(tmp_path, play)
+    assert rc == 0 and recap_changed(out) == 0, out
+    assert key_file.read_bytes() == atlas_key  # never replaced
+
+    rc, output, data = slurm_vm_context(tmp_path, key_path, [{"name": "wn1-atlas-1", "vo": "atlas"}],
+                                        **{k: dirs[k] for k in ("slurm_vo_conf_dir", "slurm_vo_munge_key_dir")})
+    assert rc == 0, output
+    files = by_path(data["wn1-atlas-1"])
+    assert base64.b64decode(files["/etc/munge/munge.key"]["content"]) == atlas_key
+    assert "SERVER='10.20.0.1:6821'" in files["/usr/local/sbin/skygrid-slurm-join"]["content"]
+
+
+def test_slurm_vo_domains_refuse_a_shared_port(tmp_path):
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "VO clusters", "ansible.builtin.include_role": {"name": "skygrid.fabric.slurm", "tasks_from": "vo_domains"},
+         "vars": {"slurm_vo_domains": [{"name": "atlas", "port": 6817}], "slurm_vo_start": False,
+                  "slurm_vo_conf_dir": str(tmp_path / "c"), "slurm_vo_munge_key_dir": str(tmp_path / "k")}}]}]
+    rc, out = playbook(tmp_path, play)
+    assert rc != 0 and "a port of their own" in out and not (tmp_path / "k").exists()
+
+
 # ------------------------------------------------------------------------------------------ torque
 
 
-def test_torque_server_side_against_the_double(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for command in ("qmgr", "pbsnodes"):
-        os.symlink(DOUBLE, str(bin_dir / command))
-    state = tmp_path / "torque.json"
-    state.write_text(json.dumps({"nodes": {"wn042.example.org": {"np": 8, "properties": ["batch"], "states": ["free"], "jobs": []}},
-                                 "queues": {}}))
-    env = {"TORQUE_DOUBLE_STATE": str(state), "TORQUE_DOUBLE_LOG": str(tmp_path / "log"),
-           "PATH": os.pathsep.join([str(bin_dir), VENV_BIN, os.environ.get("PATH", "")])}
+def test_torque_server_side_live(torque, tmp_path):
+    """The torque role's queues and nodes through ansible-playbook against the live TORQUE 6.1.3 test bed: a VO
+    queue routed to its property, a VM node with a pbs_mom (sgtrq-vm1) taken offline, one without (sgtrq-vm2)."""
+    queue, vm1, vm2 = torque_live.PREFIX + "role", torque_live.VM, torque_live.PREFIX + "vm2"
     play = [{"hosts": "localhost", "gather_facts": False, "roles": [{"role": "skygrid.fabric.torque", "vars": {
-        "torque_vos": [{"name": "atlas", "groups": ["atlas"]}, {"name": "lhcb", "property": "lhcb", "groups": ["lhcb"]}],
-        "torque_nodes": [{"name": "wn042.example.org", "state": "drained", "note": "converting"},
-                         {"name": "wn042-atlas-1", "cores": 4, "properties": ["atlas", "vm"]},
-                         {"name": "wn042-lhcb-1", "cores": 4, "properties": ["lhcb", "vm"]}]}}]}]
-    rc, out = playbook(tmp_path, play, extra_env=env)
+        "torque_bin_dir": torque_live.BIN,
+        "torque_vos": [{"name": queue, "property": "atlas", "groups": [torque_live.GROUP]}],
+        "torque_nodes": [{"name": vm1, "cores": 1, "properties": ["atlas", "vm"], "state": "offline", "note": "converting"},
+                         {"name": vm2, "cores": 2, "properties": ["lhcb", "vm"]}]}}]}]
+    rc, out = playbook(tmp_path, play)
     assert rc == 0, out
-    result = json.loads(state.read_text())
-    assert sorted(result["queues"]) == ["atlas", "lhcb"]
-    assert result["queues"]["lhcb"]["attrs"]["acl_groups"] == ["lhcb"]
-    assert result["nodes"]["wn042-atlas-1"]["properties"] == ["atlas", "vm"]
-    assert "offline" in result["nodes"]["wn042.example.org"]["states"]
-    rc, out = playbook(tmp_path, play, extra_env=env)
+    printed = torque_live.tq("qmgr", "-c", "print queue %s" % queue).stdout
+    assert "resources_default.neednodes = 1:atlas" in printed and "acl_groups = %s" % torque_live.GROUP in printed
+    assert torque_live.node_field(vm1, "properties") == "atlas,vm" and "offline" in torque_live.node_field(vm1, "state")
+    assert torque_live.node_field(vm1, "note") == "converting"
+    assert torque_live.node_field(vm2, "properties") == "lhcb,vm" and torque_live.node_field(vm2, "np") == "2"
+    rc, out = playbook(tmp_path, play)
     assert rc == 0 and recap_changed(out) == 0, out
 
 

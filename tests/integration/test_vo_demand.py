@@ -1,5 +1,5 @@
-"""skygrid.fabric.vo_demand as a real module process: live against the Slurm test bed, and with Torque against a
-``qstat`` double first on PATH that plays back tests/fixtures/torque/qstat/ (no registry ships Torque).
+"""skygrid.fabric.vo_demand as a real module process, live against the Slurm test bed and against the TORQUE 6.1.3
+test bed (scripts/torque-testbed.sh; see torque_live.py).
 
 Slurm, live: the test bed may be in use by a converted site (VO VMs as nodes ``<host>-<vo>-<n>``), so this test
 never queues a job any of those could run. It starts its own dynamic node (a second slurmd, ``slurmd -Z -N
@@ -9,17 +9,16 @@ before and after. Its assertions look only at its own VOs and node, so other job
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 
 import pytest
 
+import torque_live
 from conftest import sh, slurm_node as show_node, stop_test_slurmds, wait_for
 from modrun import run_module
+from torque_live import torque
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-QSTAT = os.path.join(ROOT, "tests", "fixtures", "torque", "qstat")
+__all__ = ["torque"]  # the fixture, used by name
+
 PREFIX = "sgdemand-"
 NODE = PREFIX + "dyn1"
 PARTITION = PREFIX + "p"
@@ -119,77 +118,59 @@ def test_slurm_command_missing(tmp_path):
     assert result.failed and "squeue: command not found" in result["msg"]
 
 
-# ------------------------------------------------------------------------------------------ Torque, double
+# ------------------------------------------------------------------------------------------ Torque, live
 
-QSTAT_DOUBLE = """#!%s
-import json, os, sys
-with open(os.environ["QSTAT_LOG"], "a") as log:
-    log.write(json.dumps(sys.argv[1:]) + "\\n")
-fixture = os.environ.get("QSTAT_FIXTURE")
-if fixture:
-    with open(fixture) as handle:
-        sys.stdout.write(handle.read())
-error = os.environ.get("QSTAT_STDERR")
-if error:
-    with open(error) as handle:
-        sys.stderr.write(handle.read())
-sys.exit(int(os.environ.get("QSTAT_RC", "0")))
-"""
+TORQUE_VOS = {"sgtrq_a": {"queue": "sgtrq-atlas", "properties": ["atlas"]},
+              "sgtrq_l": {"queue": "sgtrq-lhcb", "properties": ["lhcb"]}}
 
 
-class Qstat:
-    """``qstat`` first on PATH (or in ``bin_dir``): prints a fixture, logs its arguments."""
-
-    def __init__(self, tmp_path):
-        self.bin = tmp_path / "torque" / "bin"
-        self.bin.mkdir(parents=True)
-        script = self.bin / "qstat"
-        script.write_text(QSTAT_DOUBLE % sys.executable)
-        script.chmod(0o755)
-        self.log = tmp_path / "qstat.log"
-
-    def run(self, fixture=None, stderr=None, rc=0, on_path=True, check=False, **args):
-        env = {"QSTAT_LOG": str(self.log), "QSTAT_RC": str(rc),
-               "PATH": os.pathsep.join(([str(self.bin)] if on_path else []) + [os.path.dirname(sys.executable), "/usr/bin", "/bin"])}
-        if fixture:
-            env["QSTAT_FIXTURE"] = os.path.join(QSTAT, fixture)
-        if stderr:
-            env["QSTAT_STDERR"] = os.path.join(QSTAT, stderr)
-        return run_module("vo_demand", dict(args, backend="torque"), check=check, env=env)
-
-    def calls(self):
-        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+def torque_demand(check=False, **args):
+    return ok(run_module("vo_demand", dict(dict(backend="torque", vos=TORQUE_VOS, bin_dir=torque_live.BIN), **args),
+                         check=check))
 
 
-@pytest.fixture
-def qstat(tmp_path):
-    return Qstat(tmp_path)
+def test_torque_live(torque):
+    """TORQUE 6.1.3 (see torque_live.py): the VM node sgtrq-vm1 (np=1, property atlas) runs one job of the atlas
+    queue, a second waits behind it, a third is held; the lhcb queue routes to property lhcb, which no node has."""
+    tq = torque_live.tq
+    tq("qmgr", "-c", "create node %s np=1" % torque_live.VM)
+    tq("qmgr", "-c", "set node %s properties += atlas" % torque_live.VM)
+    for name, prop in (("sgtrq-atlas", "atlas"), ("sgtrq-lhcb", "lhcb")):
+        for directive in ("create queue %s queue_type = Execution", "set queue %%s resources_default.neednodes = 1:%s" % prop,
+                          "set queue %s enabled = True", "set queue %s started = True"):
+            tq("qmgr", "-c", directive % name)
+    wait_for(lambda: torque_live.node_field(torque_live.VM, "state") == "free", 120, "the VM node to report in")
+    running = torque_live.wait_running(torque_live.submit("sgtrq-atlas", 120))
+    waiting = torque_live.submit("sgtrq-atlas", 1)
+    held = torque_live.submit("sgtrq-atlas", 1, "-h")
+    other = torque_live.submit("sgtrq-lhcb", 1)
+    # a user's own -l nodes= replaces the queue's neednodes: this one runs on this host's node, no lhcb node needed
+    escaped = torque_live.wait_running(torque_live.submit("sgtrq-lhcb", 30, "-l", "nodes=1:ppn=1"), node=torque_live.HOST)
+    states = {waiting: "Q", held: "H", other: "Q"}
+    wait_for(lambda: all(torque_live.job_field(job, "job_state") == state for job, state in states.items()), 30,
+             "the jobs to wait or be held")
 
-
-def test_torque_site(qstat):
-    vos = {"atlas": {"batch": {"properties": ["atlas", "vm"], "queue": "atlas"}},
-           "lhcb": {"batch": {"properties": ["lhcb", "vm"], "queue": "lhcb"}}}
-    result = ok(qstat.run("qstat_fx_site.xml", vos=vos))
-    assert qstat.calls() == [["-f", "-x"]]
+    result = torque_demand(details=True)
     assert result["changed"] is False
-    assert result["demand"]["atlas"] == {"queued": 2, "queued_cores": 10, "running": 2, "running_cores": 3,
-                                         "held": 0, "held_cores": 0}
-    assert result["demand"]["lhcb"]["queued"] == 12 and result["demand"]["lhcb"]["held"] == 2
-    assert sorted(result["busy_nodes"]) == ["wn004.example.org", "wn042-atlas-1", "wn042-atlas-2", "wn042-atlas-3",
-                                            "wn042-lhcb-1", "wn042-lhcb-2"]
-    checked = ok(qstat.run("qstat_fx_site.xml", vos=vos, check=True))
-    assert checked["demand"] == result["demand"]
+    assert result["demand"]["sgtrq_a"] == {"queued": 1, "queued_cores": 1, "running": 1, "running_cores": 1,
+                                           "held": 1, "held_cores": 1}
+    assert result["demand"]["sgtrq_l"] == {"queued": 1, "queued_cores": 1, "running": 1, "running_cores": 1,
+                                           "held": 0, "held_cores": 0}
+    assert result["busy_nodes"][torque_live.VM] == [running]
+    jobs = {job["id"]: job for job in result["jobs"]}
+    assert jobs[running]["nodes"] == [torque_live.VM] and jobs[held]["kind"] == "held"
+    assert jobs[other]["features"] == ["lhcb"] and jobs[other]["queues"] == ["sgtrq-lhcb"]
+    assert jobs[escaped]["features"] == [] and jobs[escaped]["nodes"] == [torque_live.HOST]  # matched by its queue
+
+    assert torque_demand(check=True)["demand"] == result["demand"]
+    assert torque_demand(count_held=True)["demand"]["sgtrq_a"]["queued"] == 2
+    by_property = torque_demand(match_by="feature")
+    assert by_property["demand"]["sgtrq_a"]["running"] == 1 and by_property["demand"]["sgtrq_l"]["running"] == 0
 
 
-def test_torque_quiet_server_bin_dir_and_errors(qstat):
-    quiet = ok(qstat.run("qstat_fx_no_jobs.txt", vos={"atlas": {}}, on_path=False, bin_dir=str(qstat.bin)))
-    assert quiet["demand"] == {"atlas": {"queued": 0, "queued_cores": 0, "running": 0, "running_cores": 0,
-                                         "held": 0, "held_cores": 0}}
-    two = ok(qstat.run("qstat_fx_two_waiting.xml", vos={"lhcb": {}}, count_held=True))
-    assert two["demand"]["lhcb"]["queued"] == 2 and two["demand"]["lhcb"]["queued_cores"] == 5
-    down = qstat.run(stderr="qstat_cannot_connect.stderr", rc=1, vos={"atlas": {}})
-    assert down.failed and "cannot connect to server torque.example.org" in down["msg"] and down["rc"] != 0
-    missing = qstat.run("qstat_fx_site.xml", on_path=False)
+def test_torque_errors(tmp_path):
+    missing = run_module("vo_demand", {"backend": "torque"}, env={"PATH": str(tmp_path)})
     assert missing.failed and "qstat: command not found" in missing["msg"]
-    bad = qstat.run("qstat_fx_site.xml", vos={"atlas": {"queue": ["bad queue"]}})
+    bad = run_module("vo_demand", {"backend": "torque", "vos": {"atlas": {"queue": ["bad queue"]}}},
+                     env={"PATH": str(tmp_path)})
     assert bad.failed and bad["field"] == "vos.atlas.queue"

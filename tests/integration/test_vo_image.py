@@ -97,6 +97,9 @@ class Env:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", evil, "1M"],
                        check=True)
         self.add("evil.qcow2", evil)
+        huge = os.path.join(workdir, "huge.qcow2")  # 1 PiB virtual, a few hundred kB on disk
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", huge, "1P"], check=True)
+        self.add("huge.qcow2", huge)
 
     def add(self, name, path):
         self.files[name] = path
@@ -109,14 +112,15 @@ class Env:
         kwargs.setdefault("fmt", "raw" if name.endswith(".raw") else "qcow2")
         return image_entry(identifier, self.url(name), self.files[name], **kwargs)
 
-    def publish(self, list_name, entries, signer=None, raw=None, **kwargs):
-        """Serve a list signed by the endorser (or ``signer``); ``raw`` serves those bytes instead."""
-        data = raw if raw is not None else sign(image_list(entries, **kwargs), signer or self.pki.endorser)
+    def publish(self, list_name, entries, signer=None, raw=None, chain=None, **kwargs):
+        """Serve a list signed by the endorser (or ``signer``, carrying ``chain``); ``raw`` serves those bytes instead."""
+        data = raw if raw is not None else sign(image_list(entries, **kwargs), signer or self.pki.endorser, chain)
         return self.server.add_bytes(list_name, data, self.dir)
 
     def args(self, list_url=None, **args):
+        # The lists are served over http from 127.0.0.1: allow_http is the consent that needs.
         base = {"uri": URI, "pool": POOL, "vo": VO, "endorsers": self.pki.endorsers(), "ca_path": self.pki.ca_path,
-                "provenance_log": self.log}
+                "provenance_log": self.log, "allow_http": True}
         if list_url:
             base["list_url"] = list_url
         base.update(args)
@@ -200,7 +204,7 @@ def log_events(env):
 
 def test_image_list_module_returns_the_verified_images(env):
     url = env.publish("good.list", [env.entry("a1.qcow2", "img-a", title="Worker"), env.entry("b.raw", "img-b")])
-    args = {"url": url, "endorsers": env.pki.endorsers(), "ca_path": env.pki.ca_path}
+    args = {"url": url, "endorsers": env.pki.endorsers(), "ca_path": env.pki.ca_path, "allow_http": True}
     for check in (False, True):
         result = ok(run_module("image_list", args, check=check))
         assert result["changed"] is False
@@ -220,7 +224,13 @@ def bad_lists(env):
                      "does not verify against its content"),
         "wrong signer": (env.publish("rogue.list", entries, signer=env.pki.rogue), "endorsers",
                          "not an endorser of this VO"),
-        "untrusted CA": (env.publish("impostor.list", entries, signer=env.pki.impostor), "ca_path", "is not trusted"),
+        "untrusted CA": (env.publish("impostor.list", entries, signer=env.pki.impostor), "endorsers[0].ca_sha256",
+                         "not issued by the CA pinned"),
+        "impostor intermediate": (env.publish("chain.list", entries, signer=env.pki.chained_impostor,
+                                              chain=[env.pki.impostor_ca[0]]), "endorsers[0].ca_sha256",
+                                  "not issued by the CA pinned"),
+        "revoked": (env.publish("revoked.list", entries, signer=env.pki.revoked), "endorsers",
+                    "has a revoked certificate"),
         "expired": (env.publish("expired.list", entries, expires_in=-datetime.timedelta(hours=1)), "list_url",
                     "expired at"),
         "endorser mismatch": (env.publish("mismatch.list", entries, endorser_dn=ROGUE_DN), "list_url",
@@ -228,17 +238,39 @@ def bad_lists(env):
     }
 
 
-@pytest.mark.parametrize("case", ["unsigned", "tampered", "wrong signer", "untrusted CA", "expired",
-                                  "endorser mismatch"])
+@pytest.mark.parametrize("case", ["unsigned", "tampered", "wrong signer", "untrusted CA", "impostor intermediate",
+                                  "revoked", "expired", "endorser mismatch"])
 def test_bad_lists_are_refused_and_nothing_is_staged(env, pool, case):
     url, field, phrase = bad_lists(env)[case]
-    listed = run_module("image_list", {"url": url, "endorsers": env.pki.endorsers(), "ca_path": env.pki.ca_path})
+    listed = run_module("image_list", {"url": url, "endorsers": env.pki.endorsers(), "ca_path": env.pki.ca_path,
+                                       "allow_http": True})
     failed(listed, "url" if field == "list_url" else field, phrase)
     staged = run_module("vo_image", env.args(url, image="img-a"))
     failed(staged, field, phrase)
     assert staged["changed"] is False
-    assert_nothing_staged(pool, "atlas-img-a-1.qcow2")
+    assert_nothing_staged(pool, "atlas+img-a+1.qcow2")
     assert not os.path.exists(os.path.join(POOL_DIR, ".skygrid"))
+
+
+def test_an_older_list_is_refused_after_a_newer_one(env, pool):
+    """A replay: after version 3 of a list was staged, version 2 of the same list (still valid, three days
+    older) is served again. It must not stage its image beside version 3's."""
+    new = env.publish("replay.list", [env.entry("a2.qcow2", "img-r", version="3")], identifier="replayed-list",
+                      list_version="3")
+    ok(run_module("vo_image", env.args(new, image="img-r")))
+    with open(os.path.join(POOL_DIR, ".skygrid", "lists", "atlas.json")) as handle:
+        assert json.load(handle)["replayed-list"]["version"] == "3"
+    before = tree()
+    old = env.publish("replay.list", [env.entry("a1.qcow2", "img-r", version="2")], identifier="replayed-list",
+                      list_version="2", created_ago=datetime.timedelta(days=3))
+    for check in (True, False):
+        failed(run_module("vo_image", env.args(old, image="img-r", prune=True), check=check), "list_url",
+               "is older than the one accepted before", "hv:version 3")
+        assert tree() == before
+    assert volumes(pool) == ["atlas+img-r+3.qcow2"]
+    # Another list of the VO (another identifier) is not compared with it.
+    other = env.publish("other.list", [env.entry("a1.qcow2", "img-o", version="1")], list_version="1")
+    ok(run_module("vo_image", env.args(other, image="img-o")))
 
 
 # ---------------------------------------------------------------- staging
@@ -248,7 +280,7 @@ def test_check_mode_stage_and_idempotency(env, pool, lv):
     args = env.args(url, image="Worker")
     before = tree()
     planned = ok(run_module("vo_image", args, check=True, diff=True))
-    volume = "atlas-img-a-1.0.qcow2"
+    volume = "atlas+img-a+1.0.qcow2"
     assert planned["changed"] is True and planned["actions"] == [
         "stage %s/%s from %s (sha512 %s...)" % (POOL, volume, env.url("a1.qcow2"), sha512_of(env.files["a1.qcow2"])[:16])]
     assert planned["diff"]["before"] == {} and planned["diff"]["after"][volume]["image_id"] == "img-a"
@@ -288,7 +320,7 @@ def test_raw_image_is_converted_to_qcow2(env, pool):
     staged = ok(run_module("vo_image", env.args(url, image="img-b")))
     volume = staged["image"]["volume"]
     path = os.path.join(POOL_DIR, volume)
-    assert volume == "atlas-img-b-1.qcow2" and volumes(pool) == [volume]
+    assert volume == "atlas+img-b+1.qcow2" and volumes(pool) == [volume]
     record = staged["image"]["provenance"]
     assert record["source_format"] == "raw" and record["converted"] is True and record["declared_format"] == "raw"
     assert record["sha512"] == sha512_of(env.files["b.raw"])  # the endorsed bytes, before conversion
@@ -302,25 +334,25 @@ def test_newest_version_by_title_and_prune(env, pool):
     first = env.publish("p1.list", [env.entry("a1.qcow2", "img-a", title="Worker", version="1"),
                                     env.entry("b.raw", "img-b", title="Other")])
     ok(run_module("vo_image", env.args(first, images=[{"image": "Worker"}, {"image": "Other"}])))
-    assert volumes(pool) == ["atlas-img-a-1.qcow2", "atlas-img-b-1.qcow2"]
+    assert volumes(pool) == ["atlas+img-a+1.qcow2", "atlas+img-b+1.qcow2"]
     # The VO releases version 2 of the worker and withdraws the other image.
     second = env.publish("p2.list", [env.entry("a1.qcow2", "img-a", title="Worker", version="1"),
                                      env.entry("a2.qcow2", "img-a", title="Worker", version="2")])
     planned = ok(run_module("vo_image", env.args(second, image="Worker", prune=True), check=True))
-    assert planned["images"][0]["volume"] == "atlas-img-a-2.qcow2"
-    assert planned["pruned"] == ["atlas-img-b-1.qcow2"]  # version 1 is still in the list: kept
-    assert volumes(pool) == ["atlas-img-a-1.qcow2", "atlas-img-b-1.qcow2"]
+    assert planned["images"][0]["volume"] == "atlas+img-a+2.qcow2"
+    assert planned["pruned"] == ["atlas+img-b+1.qcow2"]  # version 1 is still in the list: kept
+    assert volumes(pool) == ["atlas+img-a+1.qcow2", "atlas+img-b+1.qcow2"]
     result = ok(run_module("vo_image", env.args(second, image="Worker", prune=True)))
-    assert result["pruned"] == ["atlas-img-b-1.qcow2"] and result["kept"] == []
-    assert volumes(pool) == ["atlas-img-a-1.qcow2", "atlas-img-a-2.qcow2"]
-    assert not os.path.exists(os.path.join(PROVENANCE, "atlas-img-b-1.qcow2.provenance.json"))
+    assert result["pruned"] == ["atlas+img-b+1.qcow2"] and result["kept"] == []
+    assert volumes(pool) == ["atlas+img-a+1.qcow2", "atlas+img-a+2.qcow2"]
+    assert not os.path.exists(os.path.join(PROVENANCE, "atlas+img-b+1.qcow2.provenance.json"))
     # Version 1 withdrawn too: pruned. A site image (class 1) of the VO is never pruned by the list.
     third = env.publish("p3.list", [env.entry("a2.qcow2", "img-a", title="Worker", version="2")])
     ok(run_module("vo_image", env.args(trust_class=1, image="site-img", image_url=env.url("b.raw"),
                                        sha512=sha512_of(env.files["b.raw"]), size=3 * MIB)))
     result = ok(run_module("vo_image", env.args(third, prune=True)))
-    assert result["pruned"] == ["atlas-img-a-1.qcow2"] and result["images"] == []
-    assert volumes(pool) == ["atlas-img-a-2.qcow2", "atlas-site-img.qcow2"]
+    assert result["pruned"] == ["atlas+img-a+1.qcow2"] and result["images"] == []
+    assert volumes(pool) == ["atlas+img-a+2.qcow2", "atlas+site-img.qcow2"]
     assert ok(run_module("vo_image", env.args(third, image="Worker", prune=True)))["changed"] is False
     assert [event["event"] for event in log_events(env)][-2:] == ["staged", "pruned"]
 
@@ -331,7 +363,7 @@ def test_site_and_user_image_trust_classes(env, pool):
     site = ok(run_module("vo_image", env.args(trust_class=1, **pinned)))
     record = site["image"]["provenance"]
     assert record["trust_class"] == 1 and record["endorser_dn"] is None and record["list_id"] is None
-    assert volumes(pool) == ["atlas-el9-worker-2026.01.qcow2"]
+    assert volumes(pool) == ["atlas+el9-worker+2026.01.qcow2"]
     refused = run_module("vo_image", env.args(trust_class=3, **dict(pinned, image="mine")))
     failed(refused, "trust_class", "fabric_allow_user_images: true")
     user = ok(run_module("vo_image", env.args(trust_class=3, allow_user_images=True, **dict(pinned, image="mine"))))
@@ -346,7 +378,7 @@ def test_site_and_user_image_trust_classes(env, pool):
     failed(run_module("vo_image", env.args(trust_class=2, image="img-a")), "list_url", "is required for trust_class 2")
     wrong = run_module("vo_image", env.args(trust_class=1, **dict(pinned, image="y", sha512="00" * 64)))
     failed(wrong, "image", "altered or damaged", "the inventory pins (sha512)")
-    assert volumes(pool) == ["atlas-el9-worker-2026.01.qcow2", "atlas-mine-2026.01.qcow2"]
+    assert volumes(pool) == ["atlas+el9-worker+2026.01.qcow2", "atlas+mine+2026.01.qcow2"]
 
 
 # ---------------------------------------------------------------- refusals: nothing staged
@@ -355,13 +387,22 @@ def test_tampered_image_is_refused(env, pool):
     other_sha = sha512_of(env.files["a2.qcow2"])  # the list vouches for a2, the server sends a1
     url = env.publish("t.list", [env.entry("a1.qcow2", "img-a", sha512=other_sha)])
     failed(run_module("vo_image", env.args(url, image="img-a")), "image", "altered or damaged", "nothing was staged")
-    assert_nothing_staged(pool, "atlas-img-a-1.qcow2")
+    assert_nothing_staged(pool, "atlas+img-a+1.qcow2")
 
 
 def test_qcow2_with_a_backing_file_is_refused(env, pool):
     url = env.publish("evil.list", [env.entry("evil.qcow2", "img-evil")])
     failed(run_module("vo_image", env.args(url, image="img-evil")), "image", "names a backing file (/etc/hostname)")
-    assert_nothing_staged(pool, "atlas-img-evil-1.qcow2")
+    assert_nothing_staged(pool, "atlas+img-evil+1.qcow2")
+
+
+def test_a_huge_virtual_size_is_refused(env, pool):
+    url = env.publish("huge.list", [env.entry("huge.qcow2", "img-huge")])
+    failed(run_module("vo_image", env.args(url, image="img-huge")), "image", "virtual size of 1048576 GiB",
+           "max_virtual_size_gb (1024)")
+    assert_nothing_staged(pool, "atlas+img-huge+1.qcow2")
+    failed(run_module("vo_image", env.args(url, image="img-huge", max_virtual_size_gb=0)), "max_virtual_size_gb",
+           "positive")
 
 
 def test_format_other_than_declared_is_refused(env, pool):
@@ -419,22 +460,64 @@ def test_cut_off_download_is_resumed_by_the_next_run(env, pool):
     finally:
         env.server.set_mode("c.qcow2", "normal")
     failed(cut, "image", "next run resumes it")
-    assert_nothing_staged(pool, "atlas-img-c-1.qcow2", partial_kept=True)
+    assert_nothing_staged(pool, "atlas+img-c+1.qcow2", partial_kept=True)
     kept = os.path.getsize(glob.glob(os.path.join(STAGING, "*.part"))[0])
     assert 0 < kept <= os.path.getsize(env.files["c.qcow2"]) // 2
     staged = ok(run_module("vo_image", env.args(url, image="img-c")))
-    assert staged["changed"] and volumes(pool) == ["atlas-img-c-1.qcow2"]
+    assert staged["changed"] and volumes(pool) == ["atlas+img-c+1.qcow2"]
     assert [request["range"] for request in env.server.requests if request["path"] == "/c.qcow2"][-1] == "bytes=%d-" % kept
-    assert sha512_of(os.path.join(POOL_DIR, "atlas-img-c-1.qcow2")) == sha512_of(env.files["c.qcow2"])
+    assert sha512_of(os.path.join(POOL_DIR, "atlas+img-c+1.qcow2")) == sha512_of(env.files["c.qcow2"])
     assert glob.glob(os.path.join(STAGING, "*")) == []
 
 
 def test_a_volume_not_staged_here_is_never_taken_over(env, pool):
-    pool.createXML("<volume><name>atlas-img-a-1.qcow2</name><capacity>1048576</capacity>"
+    pool.createXML("<volume><name>atlas+img-a+1.qcow2</name><capacity>1048576</capacity>"
                    "<target><format type='qcow2'/></target></volume>", 0)
     url = env.publish("f.list", [env.entry("a1.qcow2", "img-a")])
     failed(run_module("vo_image", env.args(url, image="img-a")), "image", "without a provenance record")
-    assert os.path.getsize(os.path.join(POOL_DIR, "atlas-img-a-1.qcow2")) < MIB  # untouched
+    assert os.path.getsize(os.path.join(POOL_DIR, "atlas+img-a+1.qcow2")) < MIB  # untouched
+
+
+def test_a_volume_recorded_for_another_vo_is_never_replaced(env, pool):
+    """Under the old names ('-' joined parts holding '-') VO atlas-prod's image 'worker' 4.8 and VO atlas's
+    'prod-worker' 4.8 shared a volume; a record for another VO under the name is refused, never replaced."""
+    url = env.publish("v.list", [env.entry("a1.qcow2", "img-a")])
+    staged = ok(run_module("vo_image", env.args(url, image="img-a")))["image"]
+    record_path = os.path.join(PROVENANCE, staged["volume"] + ".provenance.json")
+    with open(record_path) as handle:
+        record = json.load(handle)
+    record["vo"] = "atlas-prod"
+    with open(record_path, "w") as handle:
+        json.dump(record, handle)
+    before = tree()
+    env.publish("v.list", [env.entry("a2.qcow2", "img-a")])  # new bytes under the same version
+    failed(run_module("vo_image", env.args(url, image="img-a")), "image", "is recorded for VO atlas-prod",
+           "never replaced")
+    assert tree() == before
+
+
+def test_an_image_staged_under_an_old_name_stays_in_use(env, pool):
+    """After an upgrade, an image the previous release staged as <vo>-<id>-<version>.qcow2 (VMs have overlays
+    on it) is that image: not staged again, not pruned while the list holds it."""
+    url = env.publish("o.list", [env.entry("a1.qcow2", "img-a")])
+    staged = ok(run_module("vo_image", env.args(url, image="img-a")))["image"]
+    old = "atlas-img-a-1.qcow2"  # the name the previous release gave it
+    os.rename(staged["path"], os.path.join(POOL_DIR, old))
+    record_path = os.path.join(PROVENANCE, staged["volume"] + ".provenance.json")
+    with open(record_path) as handle:
+        record = json.load(handle)
+    os.unlink(record_path)
+    record.update(volume=old, path=os.path.join(POOL_DIR, old))
+    with open(os.path.join(PROVENANCE, old + ".provenance.json"), "w") as handle:
+        json.dump(record, handle)
+    pool.refresh(0)
+    result = ok(run_module("vo_image", env.args(url, image="img-a", prune=True)))
+    assert result["changed"] is False and result["pruned"] == []
+    assert result["image"]["volume"] == old and volumes(pool) == [old]
+    # The VO publishes a new version: it gets the new name, and the old one is pruned once unused.
+    env.publish("o.list", [env.entry("a2.qcow2", "img-a", version="2")])
+    result = ok(run_module("vo_image", env.args(url, image="img-a", prune=True)))
+    assert result["image"]["volume"] == "atlas+img-a+2.qcow2" and result["pruned"] == [old]
 
 
 def test_a_staged_volume_changed_on_disk_is_reported(env, pool):
@@ -507,7 +590,7 @@ def test_role_stages_prunes_and_is_idempotent(env, pool, tmp_path):
     inventory = {"all": {"children": {"hypervisors": {"hosts": {"localhost": {
         "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}, "vars": {
         "fabric_image_pool": POOL, "fabric_libvirt_uri": URI, "fabric_ca_path": env.pki.ca_path,
-        "vo_images_provenance_log": env.log,
+        "vo_images_provenance_log": env.log, "fabric_image_lists_allow_http": True,
         "fabric_vos": {
             "atlas": {"trust_class": 2, "image_list_url": list_url, "endorsers": env.pki.endorsers(),
                       "images": [{"image": "Worker"}, {"image": "img-b"}], "vm_memory_mb": 2048},
@@ -522,7 +605,7 @@ def test_role_stages_prunes_and_is_idempotent(env, pool, tmp_path):
     changed, output = playbook(path, "--check", "--diff")
     assert changed == 1 and tree() == before and volumes(pool) == [], output  # one task, two VOs
     changed, output = playbook(path)
-    assert changed == 1 and volumes(pool) == ["atlas-img-a-1.qcow2", "atlas-img-b-1.qcow2", "ops-site-img.qcow2"]
+    assert changed == 1 and volumes(pool) == ["atlas+img-a+1.qcow2", "atlas+img-b+1.qcow2", "ops+site-img.qcow2"]
     changed, output = playbook(path)
     assert changed == 0, output
     # The VO withdraws img-b: the next run prunes it and leaves the rest alone.
@@ -531,5 +614,5 @@ def test_role_stages_prunes_and_is_idempotent(env, pool, tmp_path):
     with open(path, "w") as handle:
         json.dump(inventory, handle)
     changed, output = playbook(path)
-    assert changed == 1 and volumes(pool) == ["atlas-img-a-1.qcow2", "ops-site-img.qcow2"], output
+    assert changed == 1 and volumes(pool) == ["atlas+img-a+1.qcow2", "ops+site-img.qcow2"], output
     assert [event["event"] for event in log_events(env)] == ["staged", "staged", "staged", "pruned"]

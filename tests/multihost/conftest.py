@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from sitebox import ROOT, VOS, playbook_command, playbook_env, sh, vo_env
+from sitebox import ROOT, playbook_command, playbook_env, sh, vo_env
 
 TESTBED = os.path.join(ROOT, "scripts", "multihost-testbed.sh")
 INVENTORY = os.path.join(ROOT, "inventories", "multihost")

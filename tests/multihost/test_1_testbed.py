@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import BATCH, INVENTORY, IPAM, KEY, KNOWN_HOSTS, VOS, WORKERS, fqdn, in_host, slurm, ssh
-from sitebox import playbook_env
+from sitebox import VOS, playbook_env
+from conftest import BATCH, INVENTORY, IPAM, KEY, KNOWN_HOSTS, WORKERS, fqdn, in_host, slurm, ssh
 
 
 def ansible(pattern, module, args=""):
@@ -22,7 +22,7 @@ def results(output):
     found = {}
     for line in output.splitlines():
         if " | SUCCESS => " in line:
-            host, _, result = line.partition(" | SUCCESS => ")
+            host, result = line.split(" | SUCCESS => ", 1)
             found[host] = json.loads(result)
     return found
 

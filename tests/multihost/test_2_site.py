@@ -9,9 +9,9 @@ import os
 import time
 
 import pytest
-from conftest import (ALL_SLOTS, BATCH, SLOTS, STATE, VOS, WORKERS, in_host, leases, node_state, run_playbook, slurm,
+from sitebox import VOS, assert_unchanged
+from conftest import (ALL_SLOTS, BATCH, SLOTS, STATE, WORKERS, in_host, leases, node_state, run_playbook, slurm,
                       slurm_nodes, virsh, vo_of)
-from sitebox import assert_unchanged
 
 pytestmark = pytest.mark.slow
 

@@ -219,8 +219,25 @@ def test_slurm_errors():
 # ------------------------------------------------------------------------------------------ Torque
 
 
-def test_parse_qstat_fixture():
-    jobs = {job["id"].split(".")[0]: job for job in parse_qstat_xml(qstat("qstat_fx_site.xml"))}
+def test_parse_qstat_recorded_live():
+    """Recorded from the TORQUE 6.1.3 test bed: one job running on the VM node, one waiting behind it (its own
+    -l nodes=1:ppn=1:atlas), one held, one for a VO whose only node is down."""
+    jobs = {job["id"]: job for job in parse_qstat_xml(qstat("qstat_fx_site.xml"))}
+    assert jobs["18.vm"] == {"id": "18.vm", "kind": "running", "state": "R", "reason": None, "queues": ["sgtrq-atlas"],
+                             "features": ["atlas"], "cores": 1, "nodes": ["sgtrq-vm1"]}
+    assert jobs["19.vm"]["kind"] == "queued" and jobs["19.vm"]["features"] == ["atlas"] and jobs["19.vm"]["cores"] == 1
+    assert jobs["20.vm"]["kind"] == "held" and jobs["21.vm"]["features"] == ["lhcb"]
+    result = read_demand(get_backend("torque", Transcript([(QSTAT_ARGV, 0, qstat("qstat_fx_site.xml"))])),
+                         {"atlas": {"queue": "sgtrq-atlas"}, "lhcb": {"queue": "sgtrq-lhcb"}})
+    assert result["demand"]["atlas"] == {"queued": 1, "queued_cores": 1, "running": 1, "running_cores": 1,
+                                         "held": 1, "held_cores": 1}
+    assert result["demand"]["lhcb"]["queued"] == 1 and result["busy_nodes"] == {"sgtrq-vm1": ["18.vm"]}
+
+
+def test_parse_qstat_reconstructed_forms():
+    """Forms the one-host test bed does not produce (multi-node exec_host, job arrays, -L requests, Torque 4
+    exec_host, in-transit jobs): a reconstructed site, see tests/fixtures/torque/README.md."""
+    jobs = {job["id"].split(".")[0]: job for job in parse_qstat_xml(qstat("qstat_fx_reconstructed.xml"))}
     assert "1208" not in jobs  # completed (keep_completed) jobs are left out
     assert jobs["1201"] == {"id": "1201.torque.example.org", "kind": "running", "state": "R", "reason": None,
                             "queues": ["atlas"], "features": ["atlas"], "cores": 2, "nodes": ["wn042-atlas-1"]}
@@ -234,8 +251,8 @@ def test_parse_qstat_fixture():
     assert jobs["1214"]["kind"] == "queued"  # T: in transit
 
 
-def test_torque_demand_from_fixture():
-    backend, runner = reader("torque", (QSTAT_ARGV, 0, qstat("qstat_fx_site.xml")))
+def test_torque_demand_from_reconstructed_site():
+    backend, runner = reader("torque", (QSTAT_ARGV, 0, qstat("qstat_fx_reconstructed.xml")))
     result = read_demand(backend, VOS)
     runner.assert_done()
     assert QSTAT_ARGV == ["qstat", "-f", "-x"]
@@ -248,7 +265,7 @@ def test_torque_demand_from_fixture():
         "wn004.example.org": ["1209.torque.example.org"], "wn042-atlas-1": ["1201.torque.example.org"],
         "wn042-atlas-2": ["1207.torque.example.org"], "wn042-atlas-3": ["1213.torque.example.org"],
         "wn042-lhcb-1": ["1212.torque.example.org"], "wn042-lhcb-2": ["1212.torque.example.org"]}
-    by_queue = read_demand(get_backend("torque", Transcript([(QSTAT_ARGV, 0, qstat("qstat_fx_site.xml"))])),
+    by_queue = read_demand(get_backend("torque", Transcript([(QSTAT_ARGV, 0, qstat("qstat_fx_reconstructed.xml"))])),
                            {"atlas": {}, "lhcb": {}, "alice": {}}, match_by="queue")
     assert by_queue["demand"]["lhcb"]["queued"] == 11  # 1205 sits in queue batch: only its property says lhcb
     assert by_queue["demand"]["alice"]["queued"] == 1
@@ -260,7 +277,7 @@ def test_torque_without_jobs_and_errors():
     assert result["demand"]["atlas"] == {"queued": 0, "queued_cores": 0, "running": 0, "running_cores": 0,
                                          "held": 0, "held_cores": 0}
     assert result["busy_nodes"] == {}
-    backend, dummy = reader("torque", (QSTAT_ARGV, 1, "", qstat("qstat_cannot_connect.stderr")))
+    backend, dummy = reader("torque", (QSTAT_ARGV, 111, "", qstat("qstat_cannot_connect.stderr")))
     with pytest.raises(CommandError, match="cannot connect to server"):
         read_demand(backend, VOS)
     backend, dummy = reader("torque", (QSTAT_ARGV, 0, "<Data><Job><Job_Id>1.srv</Job_Id>"))

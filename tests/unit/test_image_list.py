@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import os
+import shutil
 import subprocess
 
 import pytest
@@ -137,12 +139,13 @@ def test_normalise_dn_aliases_and_blanks():
 
 def test_normalise_endorsers_errors():
     with pytest.raises(FabricError, match="is empty") as err:
-        image_list.normalise_endorsers([])
+        image_list.normalise_endorsers([], "/nowhere")
     assert err.value.field == "endorsers"
-    with pytest.raises(FabricError, match="item 0 must give 'dn' and 'ca'"):
-        image_list.normalise_endorsers([{"dn": "/CN=x"}])
+    with pytest.raises(FabricError, match="must give 'dn' and 'ca'") as err:
+        image_list.normalise_endorsers([{"dn": "/CN=x"}], "/nowhere")
+    assert err.value.field == "endorsers[0]"
     with pytest.raises(FabricError, match="slash form"):
-        image_list.normalise_endorsers([{"dn": "CN=x, O=y", "ca": "/CN=ca"}])
+        image_list.normalise_endorsers([{"dn": "CN=x, O=y", "ca": "/CN=ca"}], "/nowhere")
 
 
 # ---------------------------------------------------------------- signatures (real openssl)
@@ -191,7 +194,7 @@ def test_load_accepts_opaque_and_text_mode_signatures(pki, text, tmp_path):
 
 
 def test_endorser_dn_with_email_alias_matches(pki, text, tmp_path):
-    endorsers = [{"dn": fx.ENDORSER_DN + " ", "ca": " " + fx.CA_DN}]
+    endorsers = [dict(pki.endorsers()[0], dn=fx.ENDORSER_DN + " ", ca=" " + fx.CA_DN)]
     assert load(pki, write(tmp_path, "good", fx.sign(text, pki.endorser)), endorsers=endorsers)
 
 
@@ -220,12 +223,98 @@ def test_wrong_signer_is_refused(pki, text, tmp_path):
 
 def test_right_dn_from_untrusted_ca_is_refused(pki, text, tmp_path):
     err = refused(pki, write(tmp_path, "impostor", fx.sign(text, pki.impostor)))
-    assert err.field == "ca_path" and "is not trusted" in str(err) and "unable to get local issuer" in str(err)
+    assert err.field == "endorsers[0].ca_sha256" and "not issued by the CA pinned" in str(err)
+
+
+def test_impostor_intermediate_from_another_trusted_ca_is_refused(pki, text, tmp_path):
+    """A second CA of ca_path issues an intermediate carrying the pinned CA's DN, which issues a certificate
+    with the endorser's DN: every name is right and the chain ends in ca_path, but not at the pinned CA."""
+    signed = fx.sign(text, pki.chained_impostor, chain=[pki.impostor_ca[0]])
+    url = write(tmp_path, "impostor-chain", signed)
+    for pin in ("ca_sha256", "ca_cert"):
+        err = refused(pki, url, endorsers=pki.endorsers(pin=pin), crl_check=False)
+        assert err.field == "endorsers[0].%s" % pin, str(err)
+        assert "not issued by the CA pinned" in str(err) and fx.ENDORSER_DN in str(err)
+    err = refused(pki, url)  # the same with CRLs checked: the pin is looked at first
+    assert err.field == "endorsers[0].ca_sha256"
+
+
+def test_endorser_ca_must_be_pinned(pki, text, tmp_path):
+    url = write(tmp_path, "good", fx.sign(text, pki.endorser))
+    err = refused(pki, url, endorsers=pki.endorsers(pin=None))
+    assert err.field == "endorsers[0]" and "ca_sha256" in str(err) and "-fingerprint -sha256" in str(err)
+    both = [dict(pki.endorsers()[0], ca_cert=pki.ca[0])]
+    assert refused(pki, url, endorsers=both).field == "endorsers[0]"
+
+
+@pytest.mark.parametrize("change, field, phrase", [
+    ({"ca_sha256": "AB:CD"}, "endorsers[0].ca_sha256", "64 hexadecimal digits"),
+    ({"ca_sha256": "ab" * 32}, "endorsers[0].ca_sha256", "no CA certificate in"),
+    ({"ca_cert": "/nonexistent/ca.pem"}, "endorsers[0].ca_cert", "cannot read"),
+    ({"ca": fx.OTHER_CA_DN}, "endorsers[0].ca_sha256", "is the certificate of %s, not of %s" % (fx.CA_DN, fx.OTHER_CA_DN)),
+])
+def test_pin_errors_name_the_field(pki, text, tmp_path, change, field, phrase):
+    endorser = dict(pki.endorsers()[0], **change)
+    if "ca_cert" in change:
+        del endorser["ca_sha256"]
+    err = refused(pki, write(tmp_path, "good", fx.sign(text, pki.endorser)), endorsers=[endorser])
+    assert err.field == field and phrase in str(err), str(err)
+
+
+def test_pin_by_certificate_file_and_colon_free_fingerprint(pki, text, tmp_path):
+    url = write(tmp_path, "good", fx.sign(text, pki.endorser))
+    assert load(pki, url, endorsers=pki.endorsers(pin="ca_cert"))["signer"]["dn"] == fx.ENDORSER_DN
+    endorser = dict(pki.endorsers()[0])
+    endorser["ca_sha256"] = endorser["ca_sha256"].replace(":", "").lower()
+    assert load(pki, url, endorsers=[endorser])["signer"]["ca"] == fx.CA_DN
+
+
+def copy_ca_path(pki, tmp_path, name):
+    target = tmp_path / name
+    shutil.copytree(pki.ca_path, str(target), symlinks=True)
+    return target
+
+
+def test_revoked_endorser_is_refused(pki, text, tmp_path):
+    url = write(tmp_path, "revoked", fx.sign(text, pki.revoked))
+    err = refused(pki, url)
+    assert err.field == "endorsers" and "has a revoked certificate" in str(err) and "certificate revoked" in str(err)
+    assert load(pki, url, crl_check=False)["signer"]["dn"] == fx.ENDORSER_DN  # the site chose not to check
+
+
+def test_missing_crl_is_an_error_unless_the_site_opts_out(pki, text, tmp_path):
+    ca_path = copy_ca_path(pki, tmp_path, "no-crl")
+    os.unlink(pki.crl_path(str(ca_path)))
+    url = write(tmp_path, "good", fx.sign(text, pki.endorser))
+    err = refused(pki, url, ca_path=str(ca_path))
+    assert err.field == "ca_path" and "a CRL of its CA is missing" in str(err)
+    assert "fetch-crl" in str(err) and "crl_check: false" in str(err)
+    assert load(pki, url, ca_path=str(ca_path), crl_check=False)["signer"]["ca"] == fx.CA_DN
+
+
+def test_expired_crl_is_an_error(pki, text, tmp_path):
+    ca_path = copy_ca_path(pki, tmp_path, "old-crl")
+    pki.certificates.crl(pki.ca, pki.crl_path(str(ca_path)), last_update="20200101000000Z",
+                         next_update="20200108000000Z")
+    err = refused(pki, write(tmp_path, "good", fx.sign(text, pki.endorser)), ca_path=str(ca_path))
+    assert err.field == "ca_path" and "is out of date" in str(err) and "CRL has expired" in str(err)
+
+
+def test_http_list_needs_consent(pki, text, tmp_path):
+    server = fx.FileServer()
+    try:
+        url = server.add_bytes("atlas.list", fx.sign(text, pki.endorser), str(tmp_path))
+        err = refused(pki, url)
+        assert err.field == "list_url" and "plain http" in str(err) and "allow_http: true" in str(err)
+        assert server.requests == []  # refused before anything is fetched
+        assert load(pki, url, allow_http=True)["images"][0]["identifier"] == "img-1"
+    finally:
+        server.close()
 
 
 def test_signer_must_be_the_endorser_the_list_names(pki, tmp_path):
     text = fx.image_list([], endorser_dn=fx.ROGUE_DN)
-    endorsers = pki.endorsers() + [{"dn": fx.ROGUE_DN, "ca": fx.CA_DN}]
+    endorsers = pki.endorsers() + [dict(pki.endorsers()[0], dn=fx.ROGUE_DN)]
     err = refused(pki, write(tmp_path, "l", fx.sign(text, pki.endorser)), endorsers=endorsers)
     assert err.field == "list_url" and "names its endorser as %s" % fx.ROGUE_DN in str(err)
 
@@ -257,8 +346,39 @@ def test_system_trust_store_is_not_used(pki, text, tmp_path):
     other.mkdir()
     (other / "rogue.pem").write_text(open(pki.rogue_ca[0]).read())
     subprocess.run(["openssl", "rehash", str(other)], check=True)
-    err = refused(pki, write(tmp_path, "good", fx.sign(text, pki.endorser)), ca_path=str(other))
-    assert err.field == "ca_path"
+    err = refused(pki, write(tmp_path, "good", fx.sign(text, pki.endorser)), ca_path=str(other),
+                  endorsers=pki.endorsers(pin="ca_cert"))
+    assert err.field == "ca_path" and "is not trusted" in str(err)
+
+
+# ---------------------------------------------------------------- replays
+
+SEEN = {"version": "3", "created": "2026-01-10T12:00:00Z", "url": "https://vo.example/list"}
+
+
+@pytest.mark.parametrize("version, created, refused_", [
+    ("3", "2026-01-10T12:00:00Z", False),   # the same list again
+    ("3", "2026-01-11T12:00:00Z", False),   # re-signed later (a new expiry), same version
+    ("4", "2026-01-12T12:00:00Z", False),   # the next list
+    ("2", "2026-01-07T12:00:00Z", True),    # the replay of the issue: version 2, three days older
+    ("2", "2026-01-12T12:00:00Z", True),    # an older version, whatever its date says
+    ("3", "2026-01-09T12:00:00Z", True),    # the same version made earlier
+    (None, "2026-01-09T12:00:00Z", True),   # no version: the date decides
+])
+def test_check_not_replayed(version, created, refused_):
+    parsed = {"identifier": "list-1", "version": version, "created": created, "url": "http://mirror/list"}
+    if not refused_:
+        image_list.check_not_replayed(parsed, SEEN, "/pool/.skygrid/lists/atlas.json", "list_url")
+        return
+    with pytest.raises(FabricError) as err:
+        image_list.check_not_replayed(parsed, SEEN, "/pool/.skygrid/lists/atlas.json", "list_url")
+    assert err.value.field == "list_url" and "is older than the one accepted before" in str(err.value)
+    assert "hv:version 3, created 2026-01-10T12:00:00Z" in str(err.value) and "lists/atlas.json" in str(err.value)
+
+
+def test_check_not_replayed_accepts_a_first_list():
+    image_list.check_not_replayed({"identifier": "x", "version": "1", "created": "2020-01-01T00:00:00Z",
+                                   "url": "u"}, None, "f", "list_url")
 
 
 # ---------------------------------------------------------------- fetching

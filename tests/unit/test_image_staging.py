@@ -13,7 +13,10 @@ import subprocess
 
 import pytest
 
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.lifecycle import owned_volume_pattern
+from ansible_collections.skygrid.fabric.plugins.module_utils import locks
 from ansible_collections.skygrid.fabric.plugins.module_utils.images import download, formats, names, pool_store, staging
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import storage
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from integration import imagelist_fixtures as fx
@@ -24,21 +27,43 @@ needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qe
 # ---------------------------------------------------------------- names and trust
 
 @pytest.mark.parametrize("vo, image_id, version, expected", [
-    ("atlas", "6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4", "4.8.2", "atlas-6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4-4.8.2.qcow2"),
-    ("vo.example.org", "cernvm_4", None, "vo.example.org-cernvm_4.qcow2"),
-    ("lhcb", "img", "", "lhcb-img.qcow2"),
-    ("a", "b+c", "1", "a-b+c-1.qcow2"),
+    ("atlas", "6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4", "4.8.2", "atlas+6a9d3c0e-1f0b-4b4e-8d65-7cf4a1b2c3d4+4.8.2.qcow2"),
+    ("vo.example.org", "cernvm_4", None, "vo.example.org+cernvm_4.qcow2"),
+    ("lhcb", "img", "", "lhcb+img.qcow2"),
 ])
 def test_volume_name(vo, image_id, version, expected):
     assert names.volume_name(vo, image_id, version) == expected
 
 
 @pytest.mark.parametrize("image_id", ["../../etc/passwd", "a/b", ".hidden", "..", "a..b", "", None, "x" * 129,
-                                      "img\x00", "img\n", "-lead", "trail-", "sp ace", "\u00e9t\u00e9", "/abs"])
+                                      "img\x00", "img\n", "-lead", "trail-", "sp ace", "\u00e9t\u00e9", "/abs", "b+c"])
 def test_volume_name_refuses_anything_that_could_escape_the_pool(image_id):
     with pytest.raises(FabricError) as err:
         names.volume_name("atlas", image_id, "1", field="images[3].image")
     assert err.value.field == "images[3].image" and "could escape the pool directory" in str(err.value)
+
+
+@pytest.mark.parametrize("first, second", [
+    (("atlas", "prod-worker", "4.8"), ("atlas-prod", "worker", "4.8")),
+    (("atlas", "img-1", None), ("atlas", "img", "1")),
+    (("atlas", "img", "1.0-2"), ("atlas", "img-1.0", "2")),
+])
+def test_volume_names_are_unambiguous(first, second):
+    assert names.volume_name(*first) != names.volume_name(*second)
+
+
+@pytest.mark.parametrize("vo, image_id, version", [
+    ("atlas", "vdb", None), ("atlas", "img", "vdb"), ("atlas", "x-vdb", None), ("atlas", "cidata", None),
+    ("a-b", "c-vda", "1-vdb"),
+])
+def test_vm_removal_never_sweeps_a_staged_image(vo, image_id, version):
+    """VM removal deletes volumes named like the VM's own overlays and seed; no VM name makes that pattern
+    match a staged image, whatever prefix of the image's name the VM is called."""
+    volume = names.volume_name(vo, image_id, version)
+    for cut in range(1, len(volume)):
+        vm_name = volume[:cut]
+        if vm_spec.NAME_RE.match(vm_name):
+            assert not owned_volume_pattern(vm_name).match(volume), (vm_name, volume)
 
 
 def test_volume_name_checks_vo_and_version_too():
@@ -222,6 +247,34 @@ def test_inspect_accepts_qcow2_and_raw(tmp_path):
 
 
 @needs_qemu_img
+def test_inspect_refuses_a_huge_virtual_size(tmp_path):
+    """A 1 PiB qcow2 is a few hundred kB to download; every overlay on it would inherit 1 PiB."""
+    image = str(tmp_path / "huge.qcow2")
+    qemu_img("create", "-f", "qcow2", image, "1P")
+    with pytest.raises(FabricError) as err:
+        formats.inspect(image, "qcow2", "http://x/huge", field="images[0].image")
+    assert err.value.field == "images[0].image"
+    assert "virtual size of 1048576 GiB" in str(err.value) and "max_virtual_size_gb (1024)" in str(err.value)
+    assert formats.inspect(image, "qcow2", "u", max_virtual_size=1 << 50)["virtual_size"] == 1 << 50
+    qemu_img("create", "-f", "qcow2", str(tmp_path / "b.qcow2"), "2G")
+    with pytest.raises(FabricError, match="virtual size of 2 GiB, more than max_virtual_size_gb \\(1\\)"):
+        formats.inspect(str(tmp_path / "b.qcow2"), "qcow2", "u", max_virtual_size=formats.GIB)
+
+
+def test_qemu_img_info_runs_under_resource_limits(tmp_path, monkeypatch):
+    """qemu-img parses what the download holds (for class 3, anything a user built): memory and CPU time capped."""
+    seen = tmp_path / "limits"
+    fake = tmp_path / "qemu-img"
+    fake.write_text("#!/bin/sh\nulimit -v > %s\nulimit -t >> %s\necho '{\"format\": \"raw\", \"virtual-size\": 1}'\n"
+                    % (seen, seen))
+    fake.chmod(0o755)
+    monkeypatch.setattr(formats, "qemu_img", lambda: str(fake))
+    assert formats.inspect(str(fake), None, "u")["format"] == "raw"
+    memory_kib, cpu_seconds = seen.read_text().split()
+    assert int(memory_kib) * 1024 == formats.INFO_MEMORY_LIMIT and int(cpu_seconds) == formats.INFO_CPU_SECONDS
+
+
+@needs_qemu_img
 def test_inspect_refuses_a_backing_file(tmp_path):
     image = str(tmp_path / "evil.qcow2")
     qemu_img("create", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", image, "1M")
@@ -276,10 +329,14 @@ class FakePool:
         return self._name
 
 
-def test_pool_store_layout_and_records(tmp_path, monkeypatch):
-    locks = tmp_path / "locks"
-    locks.mkdir()
-    monkeypatch.setattr(pool_store, "LOCK_DIRS", (str(locks),))
+@pytest.fixture
+def lock_dir(tmp_path, monkeypatch):
+    directory = tmp_path / "locks"
+    monkeypatch.setattr(locks, "default_dir", lambda: str(directory))
+    return directory
+
+
+def test_pool_store_layout_and_records(tmp_path, lock_dir):
     store = pool_store.PoolStore(FakePool(str(tmp_path)))
     assert store.records() == [] and store.partials("v.qcow2") == []  # nothing is created by reading
     assert not os.path.exists(store.state_dir)
@@ -303,7 +360,7 @@ def test_pool_store_layout_and_records(tmp_path, monkeypatch):
     store.remove_record("v.qcow2")
     assert store.read_record("v.qcow2") is None
     with store.lock():
-        assert os.listdir(str(locks)) == ["skygrid-vo-image-images.lock"]
+        assert os.listdir(str(lock_dir)) == ["vo-image-images.lock"]
 
 
 def test_pool_store_refuses_block_pools_and_missing_directories(tmp_path):
@@ -315,12 +372,86 @@ def test_pool_store_refuses_block_pools_and_missing_directories(tmp_path):
 
 
 def test_lock_path_is_safe_for_any_pool_name():
-    assert os.path.basename(pool_store.lock_path("../../etc/x y", uid=0)) == "skygrid-vo-image-.._.._etc_x_y.lock"
+    assert os.path.basename(pool_store.lock_path("../../etc/x y")) == "vo-image-.._.._etc_x_y.lock"
 
 
-def test_a_normal_users_pool_has_a_lock_of_its_own():
-    assert os.path.basename(pool_store.lock_path("skygrid-desktop", uid=1003)) == "skygrid-vo-image-1003-skygrid-desktop.lock"
-    assert pool_store.lock_path("p", uid=1003) != pool_store.lock_path("p", uid=1004) != pool_store.lock_path("p", uid=0)
+class FakeDomain:
+    def __init__(self, name, xml):
+        self._name, self.xml = name, xml
+
+    def name(self):
+        return self._name
+
+    def isActive(self):
+        return False
+
+    def XMLDesc(self, flags):
+        return self.xml
+
+
+class FakeConn:
+    def __init__(self, domains=()):
+        self.domains = list(domains)
+
+    def listAllDomains(self, flags):
+        return self.domains
+
+
+class FakeVolumePool(FakePool):
+    created = ()
+
+    def listAllVolumes(self, flags):
+        return []
+
+    def connect(self):
+        return self
+
+    def storageVolLookupByPath(self, path):
+        return object()
+
+    def createXML(self, xml, flags):
+        self.created += (xml,)
+        return xml
+
+
+def test_a_volume_that_came_into_use_during_the_download_is_not_replaced(tmp_path, lock_dir):
+    """The "in use" check before the download is not enough: a VM can start on the old bytes meanwhile."""
+    stager = staging.ImageStager.__new__(staging.ImageStager)
+    stager.store = pool_store.PoolStore(FakeVolumePool(str(tmp_path)))
+    stager.store.ensure_dirs()
+    final, ready = str(tmp_path / "atlas+a+1.qcow2"), str(tmp_path / ".skygrid" / "staging" / "new")
+    for path, text in ((final, "old"), (ready, "new")):
+        with open(path, "w") as handle:
+            handle.write(text)
+    stager.conn = FakeConn([FakeDomain("wn1-atlas-1", domain_xml(pool="images", base_volume="atlas+a+1.qcow2"))])
+    item = {"volume": "atlas+a+1.qcow2", "field": "image"}
+    with pytest.raises(FabricError) as err:
+        stager._replace(ready, final, {"volume": item["volume"]}, item)
+    assert err.value.field == "image" and "came into use by VM wn1-atlas-1" in str(err.value)
+    assert open(final).read() == "old" and stager.store.read_record(item["volume"]) is None
+    stager.conn = FakeConn()
+    stager._replace(ready, final, {"volume": item["volume"]}, item)
+    assert open(final).read() == "new" and stager.store.read_record(item["volume"]) == {"volume": item["volume"]}
+
+
+def test_an_overlay_is_not_created_while_a_prune_holds_the_pool(tmp_path, lock_dir, monkeypatch):
+    monkeypatch.setattr(locks, "VOLUME_USE_TIMEOUT", 0.2)
+    pool = FakeVolumePool(str(tmp_path))
+    with pool_store.PoolStore(pool).volume_use():  # what remove/prune hold around "in use" + delete
+        with pytest.raises(FabricError) as err:
+            storage.create_qcow2(pool, "vm1-vda.qcow2", 1 << 20, ("/p/atlas+a+1.qcow2", "qcow2"), "disks[0]")
+    assert err.value.field == "disks[0]" and "change of the base volumes in pool images" in str(err.value)
+    assert pool.created == ()
+    storage.create_qcow2(pool, "vm1-vda.qcow2", 1 << 20, ("/p/atlas+a+1.qcow2", "qcow2"), "disks[0]")
+    assert len(pool.created) == 1
+
+
+def test_an_overlay_on_a_base_volume_pruned_meanwhile_is_refused(tmp_path, lock_dir, monkeypatch):
+    pool = FakeVolumePool(str(tmp_path))
+    monkeypatch.setattr(storage, "lookup", lambda func, name: None)
+    with pytest.raises(FabricError) as err:
+        storage.create_qcow2(pool, "vm1-vda.qcow2", 1 << 20, ("/p/atlas+a+1.qcow2", "qcow2"), "disks[0]")
+    assert err.value.field == "disks[0]" and "was removed (pruned?)" in str(err.value) and pool.created == ()
 
 
 # ---------------------------------------------------------------- who uses a volume

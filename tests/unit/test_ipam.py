@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import ipaddress
 import os
+import stat
 import signal
 import sqlite3
 import threading
@@ -607,6 +608,15 @@ def test_writer_queue_waits_for_its_turn(db):
     finally:
         os.close(fd)
     assert "stayed locked" in str(outcome["late"].value)
+
+
+def test_the_writers_queue_lock_is_0600(db):
+    """At 0644 any user could open the lock file and flock it, and hang every IPAM run."""
+    call(db, {"vmnet": NET}, "wn1")
+    assert stat.S_IMODE(os.stat(db + ".lock").st_mode) == 0o600
+    os.chmod(db + ".lock", 0o644)  # made by an earlier release
+    call(db, {"vmnet": NET}, "wn2")
+    assert stat.S_IMODE(os.stat(db + ".lock").st_mode) == 0o600
 
 
 def test_missing_queue_file_falls_back_to_sqlite_locking(db):

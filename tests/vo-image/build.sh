@@ -32,7 +32,15 @@ BUSYBOX=${BUSYBOX:-/bin/busybox}
 KERNEL_META=linux-image-amd64
 # What goes into the image (debootstrap --variant=minbase adds the Essential set and apt).
 # python3-yaml: skygrid-firstboot parses YAML user-data. busybox: init, udhcpc, acpid.
-PACKAGES=(slurmd munge slurm-client iproute2 kmod busybox procps python3-minimal python3-yaml)
+# libxml2: the pbs_mom copied from the Torque build links it.
+PACKAGES=(slurmd munge slurm-client iproute2 kmod busybox procps python3-minimal python3-yaml libxml2)
+# pbs_mom from the project's TORQUE 6.1.3 build (scripts/torque/build.sh), copied into the image under
+# the same prefix (its RUNPATH names it) when that build exists; TORQUE_PREFIX= (empty) leaves it out.
+TORQUE_PREFIX=${TORQUE_PREFIX-${SKYGRID_TORQUE_PREFIX:-/opt/skygrid/torque-6.1.3}}
+TORQUE_FILES=(sbin/pbs_mom sbin/pbs_demux sbin/momctl lib/libtorque.so.2.0.0)
+if [[ -n $TORQUE_PREFIX && ! -x $TORQUE_PREFIX/sbin/pbs_mom ]]; then
+  TORQUE_PREFIX=""
+fi
 # Modules the initramfs loads, in this order (dependencies are added from modules.dep).
 # crc32c_generic: ext4 asks for the crc32c crypto driver at mount time (metadata_csum).
 INITRD_MODULES=(virtio_pci virtio_blk virtio_net virtio_rng crc32c_generic ext4 isofs button evdev)
@@ -87,6 +95,12 @@ key_inputs() {
   echo "image-modules ${IMAGE_MODULES[*]}"
   echo "kernel $KPKG $KVER_PKG"
   sha256sum "$HERE/build.sh" "$BUSYBOX" | cut -d' ' -f1
+  if [[ -n $TORQUE_PREFIX ]]; then
+    echo "torque $TORQUE_PREFIX"
+    (cd "$TORQUE_PREFIX" && sha256sum "${TORQUE_FILES[@]}")
+  else
+    echo "torque none"
+  fi
   overlay_digest
 }
 KEY=$(key_inputs | sha256sum | cut -d' ' -f1)
@@ -234,6 +248,25 @@ done
 find "$ROOT/etc" "$ROOT/root" -name '*.key' -o -name '*.pem' -o -name 'id_*' 2>/dev/null | grep -v '/etc/ssl/certs/' |
   grep . && die "key-like files in the image (above)"
 
+# pbs_mom, its helpers and libtorque under the build's prefix; PBS_HOME (/var/spool/torque, the build's
+# --with-server-home) laid out as `make install` does, as far as a MOM needs it (without it pbs_mom exits 3).
+# server_name and mom_priv/config come from the VM's seed (the torque role's vm_context).
+TORQUE_VER=none
+if [[ -n $TORQUE_PREFIX ]]; then
+  say "adding pbs_mom from $TORQUE_PREFIX"
+  for f in "${TORQUE_FILES[@]}"; do install -D -m 0755 "$TORQUE_PREFIX/$f" "$ROOT$TORQUE_PREFIX/$f"; done
+  ln -s libtorque.so.2.0.0 "$ROOT$TORQUE_PREFIX/lib/libtorque.so.2"
+  for f in pbs_mom momctl; do ln -sfn "$TORQUE_PREFIX/sbin/$f" "$ROOT/usr/local/sbin/$f"; done
+  TH=$ROOT/var/spool/torque
+  mkdir -p "$TH"/{mom_priv/jobs,spool,undelivered,checkpoint,aux,mom_logs,job_logs}
+  chmod 0751 "$TH/mom_priv" "$TH/mom_priv/jobs"
+  chmod 1777 "$TH/spool" "$TH/undelivered" "$TH/checkpoint"
+  : >"$TH/pbs_environment"
+  chroot "$ROOT" ldd "$TORQUE_PREFIX/sbin/pbs_mom" | grep -q 'not found' &&
+    die "pbs_mom misses libraries in the image: $(chroot "$ROOT" ldd "$TORQUE_PREFIX/sbin/pbs_mom" | grep 'not found')"
+  TORQUE_VER=$("$TORQUE_PREFIX/bin/pbs-config" --version 2>/dev/null || echo unknown)
+fi
+
 # Kernel modules for modprobe in the image (the initramfs has already loaded its own set).
 resolve_modules "${IMAGE_MODULES[@]}" >"$TMP/image-modules"
 mapfile -t IMAGE_MODS <"$TMP/image-modules"
@@ -266,6 +299,7 @@ DEBIAN_VERSION=$(cat "$ROOT/etc/debian_version")
 KERNEL=$KREL
 SLURM=$SLURM_VER
 MUNGE=$MUNGE_VER
+TORQUE=$TORQUE_VER
 BUILT=$BUILT
 CACHE_KEY=$KEY
 EOF
@@ -322,4 +356,4 @@ for f in "${FILES[@]}" build-info packages; do mv -f "$TMP/$f" "$OUT/$f"; done
 key_inputs >"$OUT/cache-key-inputs"
 echo "$KEY" >"$OUT/cache-key"
 say "built $OUT/vo-worker.qcow2: $((QCOW_BYTES / 1024 / 1024)) MiB qcow2 ($USED_MB MiB of files," \
-  "${SIZE_MB} MiB virtual), kernel $KREL, slurm $SLURM_VER, munge $MUNGE_VER, in $((SECONDS - T0))s"
+  "${SIZE_MB} MiB virtual), kernel $KREL, slurm $SLURM_VER, munge $MUNGE_VER, torque $TORQUE_VER, in $((SECONDS - T0))s"

@@ -10,15 +10,17 @@ A backend only *reads* (``node``, ``queue``) and *performs single changes* (``ad
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 
+from ansible_collections.skygrid.fabric.plugins.module_utils.dns_names import is_dns_name
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 
 # Node and queue names the backends accept: host names (FQDNs too) and queue names, no spaces or quotes.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}\Z")
 # Properties (Torque) / features (Slurm): VO names, "vm", ...
-PROPERTY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+PROPERTY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}\Z")
 
 
 class CommandError(FabricError):
@@ -223,6 +225,18 @@ def check_name(value, field):
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise FabricError("%r is not a valid name: letters, digits, '_', '.' or '-' (at most 253), starting with a letter or digit"
                           % (value,), field=field)
+    return value
+
+
+def check_address(value, field="address"):
+    """A node address as Slurm's NodeAddr takes it: an IP address or a host name, nothing that could add keys."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not is_dns_name(value):
+        raise FabricError("%r must be an IP address or a host name (letters, digits, '-' and '.'; no spaces, '=' or "
+                          "newlines)" % (value,), field=field)
     return value
 
 

@@ -7,7 +7,7 @@ mode, ``actions`` and the diff work). Nothing is run when the node or queue alre
 
 from __future__ import annotations
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.batch.base import check_name, check_properties, same_members
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch.base import check_address, check_name, check_properties, same_members
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 
 NODE_STATES = ("present", "online", "offline", "drained", "absent")
@@ -22,7 +22,7 @@ def node_spec(params):
         "cores": params.get("cores"),
         "memory_mb": params.get("memory_mb"),
         "properties": None if params.get("properties") is None else check_properties(params["properties"]),
-        "address": params.get("address"),
+        "address": None if params.get("address") is None else check_address(params["address"]),
         "note": params.get("note"),
         "wait_drained": params.get("wait_drained", True),
         "timeout": params.get("timeout", 3600),

@@ -1,17 +1,27 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, skygrid.fabric contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The option shapes the image modules share, defined once: an endorser (image_list, vo_image) and one
+"""The option shapes the image modules share, defined once: the trust options (image_list, vo_image) and one
 image to stage (vo_image's top level and each of its ``images`` items)."""
 
 from __future__ import annotations
 
+from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.names import STAGED_FORMATS
 
 
-def endorser_options():
-    """An endorser of a VO's image list: the subject DN of its signing certificate and the DN of its CA."""
-    return dict(dn=dict(type="str", required=True), ca=dict(type="str", required=True))
+def trust_options():
+    """Whom a VO's signed image list must come from (doc fragment skygrid.fabric.image_trust): the endorsers,
+    each the subject DN of its signing certificate, the DN of its CA and that CA pinned (one of ca_sha256,
+    ca_cert); the CA directory; revocation checks; consent to http."""
+    endorser = dict(dn=dict(type="str", required=True), ca=dict(type="str", required=True),
+                    ca_sha256=dict(type="str"), ca_cert=dict(type="path"))
+    return dict(
+        endorsers=dict(type="list", elements="dict", options=endorser),
+        ca_path=dict(type="path", default=image_list.DEFAULT_CA_PATH),
+        crl_check=dict(type="bool", default=True),
+        allow_http=dict(type="bool", default=False),
+    )
 
 
 def image_selector_options(image_required):

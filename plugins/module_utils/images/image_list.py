@@ -14,7 +14,9 @@ except ``open_url``, unit-tested on its own.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -31,6 +33,8 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.errors import Fabri
 DEFAULT_CA_PATH = "/etc/grid-security/certificates"
 LIST_MAX_BYTES = 16 * 1024 * 1024
 SCHEMES = ("https", "http", "file")
+# How an endorser entry pins its CA: the certificate's SHA-256 fingerprint (found in ca_path) or its file.
+PIN_KEYS = ("ca_sha256", "ca_cert")
 SHA512_RE = re.compile(r"^[0-9a-f]{128}\Z")
 # Lists are issued now and then; a creation time this far in the future means a wrong clock somewhere.
 CLOCK_SKEW = datetime.timedelta(minutes=5)
@@ -207,6 +211,29 @@ def check_times(parsed, url, field, now=None):
                           "clock (NTP)" % (url, parsed["created"], format_time(now)), field=field)
 
 
+def accepted_entry(parsed):
+    """What is remembered of a list accepted for staging, to refuse an older one later."""
+    return {"version": parsed["version"], "created": parsed["created"], "url": parsed["url"]}
+
+
+def check_not_replayed(parsed, seen, where, field):
+    """Refuse a list older than ``seen``, the newest list with its identifier accepted before: by creation
+    time, or by ``hv:version`` when both give one. An old list stays validly signed until it expires, so
+    serving it again (a replay) would bring back images the VO has withdrawn."""
+    if not seen:
+        return
+    older = parse_time(parsed["created"], "dc:date:created") < parse_time(seen["created"], "dc:date:created")
+    if parsed["version"] and seen.get("version"):
+        older = older or version_key(parsed["version"]) < version_key(seen["version"])
+    if older:
+        raise FabricError("the image list at %s (dc:identifier %s, hv:version %s, created %s) is older than the one "
+                          "accepted before (hv:version %s, created %s, from %s): an old list served again (a replay) "
+                          "is refused; nothing was staged or pruned. Check the list URL (a stale mirror?); if the VO "
+                          "really went back to an older list, remove its entry from %s"
+                          % (parsed["url"], parsed["identifier"], parsed["version"], parsed["created"],
+                             seen.get("version"), seen["created"], seen.get("url"), where), field=field)
+
+
 # ---------------------------------------------------------------- fetching
 
 def check_url(url, field):
@@ -331,13 +358,13 @@ def _certificates(pem_text):
     return re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem_text, re.S)
 
 
-def _subject_issuer(openssl, pem, workdir):
+def _subject_issuer(openssl, pem, workdir, field="ca_path"):
     path = os.path.join(workdir, "cert.pem")
     with open(path, "w") as handle:
         handle.write(pem + "\n")
     rc, out, err = _openssl([openssl, "x509", "-in", path, "-noout", "-subject", "-issuer", "-nameopt", "compat"])
     if rc != 0:
-        raise FabricError("openssl cannot read the signer certificate: %s" % _openssl_reason(err), field="ca_path")
+        raise FabricError("openssl cannot read the certificate: %s" % _openssl_reason(err), field=field)
     values = {}
     for line in out.splitlines():
         key, _sep, value = line.partition("=")
@@ -355,17 +382,18 @@ def check_ca_path(ca_path):
                           % (ca_path, ca_path), field="ca_path")
 
 
-def verify_signature(data, ca_path, url, field):
-    """Verify an S/MIME signed document; return ``(content, signers)``.
+def verify_signature(data, endorsers, ca_path, url, field, crl_check=True):
+    """Verify an S/MIME signed document signed by one of ``endorsers``; return ``(content, signer)``.
 
-    ``content`` is what the signature covers (and so the only thing to parse), ``signers`` the
-    signer certificates' subject and issuer DNs (``[{"dn": ..., "ca": ...}]``).
+    ``content`` is what the signature covers (and so the only thing to parse), ``signer`` the signer
+    certificate's subject and issuer DN (``{"dn": ..., "ca": ...}``). In order: the signature covers the
+    content; the signer's DNs are an endorser's; its chain ends at the CA certificate pinned for that
+    endorser; and it verifies against ``ca_path`` (time, purpose and, with ``crl_check``, revocation).
     """
     if signature_kind(data) is None:
         raise FabricError("the image list at %s is not signed (no S/MIME multipart/signed envelope); a VO "
                           "image (trust class 2) needs a list signed by the VO's endorser: use the URL of the "
                           "signed list, or pin a site image with trust_class 1 and its sha512" % url, field=field)
-    check_ca_path(ca_path)
     openssl = openssl_binary()
     with tempfile.TemporaryDirectory(prefix="skygrid-imagelist-") as workdir:
         message = os.path.join(workdir, "list.smime")
@@ -385,18 +413,55 @@ def verify_signature(data, ca_path, url, field):
         if not pems:
             raise FabricError("the image list at %s carries no signer certificate" % url, field=field)
         signers = [_subject_issuer(openssl, pem, workdir) for pem in pems]
-        # 2. Does the signer chain to a CA in the site's directory (and only there)?
+        # 2. Is the signer, by name, an endorser of this VO?
+        endorser = match_endorser(signers, endorsers, url)
+        signer = {"dn": endorser["dn"], "ca": endorser["ca"]}
+        # 3. Does its chain end at the CA certificate the site pinned (not merely one with that CA's name)?
+        _check_pin(openssl, message, endorser, workdir, url)
+        # 4. Does it verify against the site's CA directory, and only it, with revocation checked?
+        crl_args = ["-crl_check_all"] if crl_check else []
         rc, _out, err = _openssl([openssl, "smime", "-verify", "-in", message, "-out", os.devnull,
-                                  "-CApath", ca_path] + _no_default_store_args(openssl))
+                                  "-CApath", ca_path] + crl_args + _no_default_store_args(openssl))
         if rc != 0 or "Verification successful" not in err:
-            raise FabricError("the signer of the image list at %s (%s, issued by %s) is not trusted: its "
-                              "certificate does not verify against the CAs in %s (openssl: %s). Install the "
-                              "endorser's CA there if the site trusts it, or correct ca_path"
-                              % (url, signers[0]["dn"], signers[0]["ca"], ca_path, _openssl_reason(err)),
-                              field="ca_path")
+            raise _chain_error(signer, ca_path, url, _openssl_reason(err))
         with open(content_path, "rb") as handle:
             content = handle.read()
-    return strip_mime_headers(content), signers
+    return strip_mime_headers(content), signer
+
+
+def _check_pin(openssl, message, endorser, workdir, url):
+    pin_path = os.path.join(workdir, "pinned-ca.pem")
+    with open(pin_path, "w") as handle:
+        handle.write(endorser["pin"] + "\n")
+    # Only the pinned certificate is a trust anchor (-partial_chain: it may be an intermediate); times
+    # are checked in step 4, so a failure here means one thing: another CA made this chain.
+    rc, _out, err = _openssl([openssl, "smime", "-verify", "-in", message, "-out", os.devnull, "-CAfile", pin_path,
+                              "-partial_chain", "-no_check_time", "-no-CApath", "-no-CAstore"])
+    if rc != 0 or "Verification successful" not in err:
+        raise FabricError("the image list at %s is signed by %s, whose certificate names %s as its CA but was not "
+                          "issued by the CA pinned for that endorser (%s %s; openssl: %s): another CA issued a "
+                          "certificate carrying that CA's name. Refused; nothing is staged from it. If the VO's CA "
+                          "really has a new certificate, pin that one"
+                          % (url, endorser["dn"], endorser["ca"], endorser["pin_kind"], endorser["pin_text"],
+                             _openssl_reason(err)), field=endorser["pin_field"])
+
+
+def _chain_error(signer, ca_path, url, reason):
+    what = "the signer of the image list at %s (%s, issued by %s)" % (url, signer["dn"], signer["ca"])
+    if "revoked" in reason:
+        return FabricError("%s has a revoked certificate: its CA's CRL in %s lists it (openssl: %s). The list "
+                           "cannot be trusted; the VO must sign it again with a valid certificate. Nothing is "
+                           "staged from it" % (what, ca_path, reason), field="endorsers")
+    if "CRL" in reason:
+        return FabricError("%s cannot be checked for revocation: %s in %s (openssl: %s). CRLs are read from "
+                           "<hash>.r0 files there, as fetch-crl installs them: run fetch-crl (package fetch-crl, "
+                           "from cron), or set crl_check: false to accept lists without revocation checks - then a "
+                           "revoked endorser is accepted too"
+                           % (what, "a CRL of its CA is missing" if "unable to get" in reason
+                              else "the CRL of its CA is out of date", ca_path, reason), field="ca_path")
+    return FabricError("%s is not trusted: its certificate does not verify against the CAs in %s (openssl: %s). "
+                       "Install the endorser's CA there if the site trusts it, or correct ca_path"
+                       % (what, ca_path, reason), field="ca_path")
 
 
 def strip_mime_headers(content):
@@ -412,51 +477,122 @@ def strip_mime_headers(content):
 
 # ---------------------------------------------------------------- endorsers
 
-def normalise_endorsers(endorsers, field="endorsers"):
+def normalise_endorsers(endorsers, ca_path, field="endorsers"):
+    """The endorsers as ``{"dn", "ca", "pin", ...}``: ``pin`` the PEM certificate of the endorser's CA, found by
+    its SHA-256 fingerprint in ``ca_path`` (``ca_sha256``) or read from a file (``ca_cert``)."""
     result = []
     for index, endorser in enumerate(endorsers or []):
+        path = "%s[%d]" % (field, index)
         if not isinstance(endorser, dict) or not endorser.get("dn") or not endorser.get("ca"):
-            raise FabricError("item %d must give 'dn' and 'ca', the endorser's certificate subject and issuer "
-                              "in OpenSSL slash form (/C=../O=../CN=..)" % index, field=field)
+            raise FabricError("must give 'dn' and 'ca', the endorser's certificate subject and issuer in OpenSSL "
+                              "slash form (/C=../O=../CN=..)", field=path)
         dn, ca = normalise_dn(endorser["dn"]), normalise_dn(endorser["ca"])
         if not dn.startswith("/") or not ca.startswith("/"):
-            raise FabricError("item %d: write DNs in OpenSSL slash form, like /C=NL/O=Example/CN=Name (got %r, %r)"
-                              % (index, endorser["dn"], endorser["ca"]), field=field)
-        result.append({"dn": dn, "ca": ca})
+            raise FabricError("write DNs in OpenSSL slash form, like /C=NL/O=Example/CN=Name (got %r, %r)"
+                              % (endorser["dn"], endorser["ca"]), field=path)
+        pins = [key for key in PIN_KEYS if endorser.get(key)]
+        if len(pins) != 1:
+            raise FabricError("pin the endorser's CA itself, not only its name: give exactly one of ca_sha256 (the "
+                              "SHA-256 fingerprint of the CA's certificate in ca_path: openssl x509 -in <CA>.pem "
+                              "-noout -fingerprint -sha256) or ca_cert (the CA certificate's file on the host)",
+                              field=path)
+        kind = pins[0]
+        pem, text = _pinned_certificate(kind, endorser[kind], ca_path, "%s.%s" % (path, kind))
+        entry = {"dn": dn, "ca": ca, "pin": pem, "pin_kind": kind, "pin_text": text, "pin_field": "%s.%s" % (path, kind)}
+        subject = _pem_subject(pem, entry["pin_field"])
+        if subject != ca:
+            raise FabricError("is the certificate of %s, not of %s (the endorser's ca): pin the certificate of the CA "
+                              "that issued the endorser" % (subject, ca), field=entry["pin_field"])
+        result.append(entry)
     if not result:
-        raise FabricError("is empty: name at least one endorser (dn and ca) the VO has appointed", field=field)
+        raise FabricError("is empty: name at least one endorser (dn, ca and the CA's ca_sha256 or ca_cert) the VO "
+                          "has appointed", field=field)
     return result
 
 
-def check_endorser(parsed, signers, endorsers, url, field):
-    """The signer must be one of the VO's endorsers and the endorser the list itself names."""
-    allowed = [(item["dn"], item["ca"]) for item in endorsers]
-    matching = [signer for signer in signers if (signer["dn"], signer["ca"]) in allowed]
-    if not matching:
-        raise FabricError("the image list at %s is signed by %s (issued by %s), who is not an endorser of this VO "
-                          "(allowed: %s). Add that DN and CA to the VO's endorsers if the VO has appointed them"
-                          % (url, signers[0]["dn"], signers[0]["ca"],
-                             ", ".join("%s (CA %s)" % pair for pair in allowed)), field="endorsers")
+def _fingerprint(pem):
+    body = re.sub(r"-----[A-Z ]+-----|\s", "", pem)
+    return hashlib.sha256(base64.b64decode(body)).hexdigest()
+
+
+def _pinned_certificate(kind, value, ca_path, field):
+    """``(PEM, how it is shown in messages)`` of the pinned CA certificate."""
+    if kind == "ca_cert":
+        try:
+            with open(value) as handle:
+                pems = _certificates(handle.read())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FabricError("cannot read the CA certificate %s: %s" % (value, getattr(exc, "strerror", exc)),
+                              field=field)
+        if len(pems) != 1:
+            raise FabricError("%s must hold exactly one PEM certificate (the endorser's CA), it holds %d"
+                              % (value, len(pems)), field=field)
+        return pems[0], value
+    wanted = re.sub(r"[:\s]", "", str(value)).lower()
+    if not re.match(r"^[0-9a-f]{64}\Z", wanted):
+        raise FabricError("must be a SHA-256 fingerprint: 64 hexadecimal digits, colons allowed (openssl x509 -in "
+                          "<CA>.pem -noout -fingerprint -sha256 prints it), got %r" % (value,), field=field)
+    shown = ":".join(wanted[i:i + 2] for i in range(0, 64, 2)).upper()
+    for name in sorted(os.listdir(ca_path)):
+        if not re.match(r"^[0-9a-f]{8}\.\d+\Z", name):
+            continue
+        try:
+            with open(os.path.join(ca_path, name)) as handle:
+                pems = _certificates(handle.read())
+        except (OSError, UnicodeDecodeError):
+            continue
+        for pem in pems:
+            if _fingerprint(pem) == wanted:
+                return pem, shown
+    raise FabricError("no CA certificate in %s has the SHA-256 fingerprint %s: install the endorser's CA there "
+                      "(the IGTF bundle, or its .pem and 'openssl rehash'), or correct the fingerprint"
+                      % (ca_path, shown), field=field)
+
+
+def _pem_subject(pem, field):
+    with tempfile.TemporaryDirectory(prefix="skygrid-pin-") as workdir:
+        return _subject_issuer(openssl_binary(), pem, workdir, field)["dn"]
+
+
+def match_endorser(signers, endorsers, url):
+    """The endorser entry (with its pin) whose DN and CA DN are the signer's."""
+    for signer in signers:
+        for endorser in endorsers:
+            if (signer["dn"], signer["ca"]) == (endorser["dn"], endorser["ca"]):
+                return endorser
+    raise FabricError("the image list at %s is signed by %s (issued by %s), who is not an endorser of this VO "
+                      "(allowed: %s). Add that DN and CA to the VO's endorsers if the VO has appointed them"
+                      % (url, signers[0]["dn"], signers[0]["ca"],
+                         ", ".join("%s (CA %s)" % (item["dn"], item["ca"]) for item in endorsers)), field="endorsers")
+
+
+def check_endorser(parsed, signer, url, field):
+    """The signer must be the endorser the list itself names."""
     named = parsed["endorser"]
-    if not any((signer["dn"], signer["ca"]) == (named["dn"], named["ca"]) for signer in matching):
+    if (signer["dn"], signer["ca"]) != (named["dn"], named["ca"]):
         raise FabricError("the image list at %s names its endorser as %s (CA %s) in hv:endorser but is signed by "
                           "%s (CA %s); the list is not what its endorser published"
-                          % (url, named["dn"], named["ca"], matching[0]["dn"], matching[0]["ca"]), field=field)
-    return matching[0]
+                          % (url, named["dn"], named["ca"], signer["dn"], signer["ca"]), field=field)
+    return signer
 
 
-def load(url, endorsers, ca_path, field="url", timeout=30, validate_certs=True, now=None):
+def load(url, endorsers, ca_path, field="url", timeout=30, validate_certs=True, now=None, crl_check=True,
+         allow_http=False):
     """Fetch, verify and parse a VO's signed image list. Everything that could be wrong with it
     raises FabricError; the result is safe to stage from."""
-    check_url(url, field)
-    allowed = normalise_endorsers(endorsers)
+    if check_url(url, field) == "http" and not allow_http:
+        raise FabricError("%s is a plain http URL: anyone on the path can withhold a new list or replay an old one "
+                          "until it expires. Use the list's https URL, or set allow_http: true if the site accepts "
+                          "that (a file:// mirror kept by fetch tools needs no consent)" % url, field=field)
+    check_ca_path(ca_path)
+    allowed = normalise_endorsers(endorsers, ca_path)
     data = fetch(url, field, timeout=timeout, validate_certs=validate_certs)
-    content, signers = verify_signature(data, ca_path, url, field)
+    content, signer = verify_signature(data, allowed, ca_path, url, field, crl_check)
     try:
         parsed = parse(content)
     except ValueError as exc:
         raise FabricError("the image list at %s is malformed: %s. Its endorser must fix it" % (url, exc), field=field)
-    signer = check_endorser(parsed, signers, allowed, url, field)
+    check_endorser(parsed, signer, url, field)
     check_times(parsed, url, field, now=now)
     parsed["url"] = url
     parsed["signer"] = signer

@@ -15,24 +15,30 @@ STAGED_FORMATS = ("qcow2", "raw")
 FORMAT_ALIASES = {"qcow2": "qcow2", "raw": "raw", "img": "raw"}
 TRUST_CLASSES = (1, 2, 3)
 # One component of a volume name: no '/', no leading '.', no '..' -- it can only name a file in the pool.
-NAME_PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._+-]{0,126}[A-Za-z0-9])?\Z")
+# No '+' either: that joins the parts, so a name splits back into its parts one way only.
+NAME_PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?\Z")
+# '+' is also outside every VM name (vm/spec.py NAME_RE), so the volumes VM removal sweeps by name
+# (<vm>-vda.qcow2, <vm>-cidata.iso) can never be a staged image.
+SEPARATOR = "+"
 
 
 def name_part(value, what, field):
     text = "" if value is None else str(value)
     if not NAME_PART_RE.match(text) or ".." in text:
-        raise FabricError("%s %r cannot be part of a volume name: it must be 1-128 letters, digits, '.', '_', '+' "
-                          "or '-', begin and end with a letter or digit, and hold no '..' or '/' (a name like "
-                          "that could escape the pool directory); nothing was staged" % (what, value), field=field)
+        raise FabricError("%s %r cannot be part of a volume name: it must be 1-128 letters, digits, '.', '_' or '-', "
+                          "begin and end with a letter or digit, and hold no '..' or '/' (a name like that could "
+                          "escape the pool directory) and no '+' (it separates the parts); nothing was staged"
+                          % (what, value), field=field)
     return text
 
 
 def volume_name(vo, image_id, version, field="image"):
-    """``<vo>-<image id>[-<version>].qcow2``: every part checked, so the name stays inside the pool."""
+    """``<vo>+<image id>[+<version>].qcow2``: every part checked, so the name stays inside the pool, and
+    joined by a character no part holds, so two different images never share a name."""
     parts = [name_part(vo, "VO name", "vo"), name_part(image_id, "image identifier", field)]
     if version not in (None, ""):
         parts.append(name_part(version, "image version", field))
-    return "-".join(parts) + ".qcow2"
+    return SEPARATOR.join(parts) + ".qcow2"
 
 
 def check_title(title, field="image"):

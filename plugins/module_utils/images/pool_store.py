@@ -9,6 +9,7 @@ Layout of a pool directory ``P`` (type dir, fs or netfs)::
     P/.skygrid/staging/<volume>.<sha>.part   downloads in progress (kept to resume an interrupted one)
     P/.skygrid/staging/<volume>.tmp          a raw image being converted to qcow2
     P/.skygrid/provenance/<volume>.provenance.json   one record per published volume
+    P/.skygrid/lists/<vo>.json               the newest image list accepted per list identifier (no replays)
 
 libvirt lists every entry of a directory pool as a volume, so the bookkeeping lives in one hidden
 subdirectory (listed as the single ``dir`` volume ``.skygrid``, whose files are not volumes). It is
@@ -18,29 +19,29 @@ inside the pool directory, so it is on the same filesystem and a rename publishe
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
 import xml.etree.ElementTree as ET
 
+from ansible_collections.skygrid.fabric.plugins.module_utils import locks
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
+from ansible_collections.skygrid.fabric.plugins.module_utils.files import write_atomic
 
 STATE_DIR = ".skygrid"
 PROVENANCE_SUFFIX = ".provenance.json"
 PART_SUFFIX = ".part"
 FILE_POOL_TYPES = ("dir", "fs", "netfs")
-LOCK_DIRS = ("/run/lock", "/var/lock", "/tmp")
+# A staging run waits this long for another on the same pool (which may be downloading a large image).
+STAGING_LOCK_TIMEOUT = 3600
 
 
-def lock_path(pool_name, uid=None):
-    """The lock of one pool. A normal user's pools (qemu:///session) are that user's own: their locks
-    carry the uid, so two users' pools of the same name never share one (nor trip over each other's
-    lock file in the shared, sticky lock directory)."""
-    uid = os.getuid() if uid is None else uid
-    directory = next((path for path in LOCK_DIRS if os.path.isdir(path) and os.access(path, os.W_OK)), "/tmp")
-    owner = "" if uid == 0 else "%d-" % uid
-    return os.path.join(directory, "skygrid-vo-image-%s%s.lock" % (owner, re.sub(r"[^A-Za-z0-9_.-]", "_", pool_name)))
+def lock_path(pool_name):
+    return locks.lock_path(_staging_lock(pool_name))
+
+
+def _staging_lock(pool_name):
+    return "vo-image-" + pool_name
 
 
 class PoolStore:
@@ -61,10 +62,12 @@ class PoolStore:
         self.state_dir = os.path.join(self.path, STATE_DIR)
         self.staging = os.path.join(self.state_dir, "staging")
         self.provenance_dir = os.path.join(self.state_dir, "provenance")
+        self.lists_dir = os.path.join(self.state_dir, "lists")
         self.warnings = []
 
     def ensure_dirs(self):
-        for path, mode in ((self.state_dir, 0o755), (self.staging, 0o700), (self.provenance_dir, 0o755)):
+        for path, mode in ((self.state_dir, 0o755), (self.staging, 0o700), (self.provenance_dir, 0o755),
+                           (self.lists_dir, 0o755)):
             if not os.path.isdir(path):
                 os.mkdir(path, mode)
                 os.chmod(path, mode)
@@ -108,30 +111,50 @@ class PoolStore:
         return result
 
     def write_record(self, record):
-        path = self.provenance_path(record["volume"])
-        tmp = path + ".tmp"
-        with open(tmp, "w") as handle:
-            json.dump(record, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-        fsync_path(self.provenance_dir)
+        write_json(self.provenance_path(record["volume"]), record)
+
+    def lists_path(self, vo):
+        return os.path.join(self.lists_dir, vo + ".json")
+
+    def accepted_lists(self, vo):
+        """``{list identifier: {version, created, url, accepted_at}}``: the newest list of each identifier this
+        pool accepted for ``vo`` (what a replayed older list is compared with)."""
+        path = self.lists_path(vo)
+        try:
+            with open(path) as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise FabricError("the record of the image lists accepted for VO %s (%s) is unreadable (%s): without it "
+                              "an old list could be replayed. Restore it, or remove it to accept the current list "
+                              "afresh" % (vo, path, exc), field="list_url")
+        return data if isinstance(data, dict) else {}
+
+    def remember_list(self, vo, identifier, entry):
+        lists = self.accepted_lists(vo)
+        if lists.get(identifier) == entry:
+            return
+        lists[identifier] = entry
+        self.ensure_dirs()
+        write_json(self.lists_path(vo), lists)
 
     def remove_record(self, volume):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.provenance_path(volume))
 
-    @contextlib.contextmanager
-    def lock(self):
+    def lock(self, timeout=STAGING_LOCK_TIMEOUT):
         """One staging run per pool at a time (a second run waits, then finds the work done)."""
-        with open(lock_path(self.name), "a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return locks.held(_staging_lock(self.name), timeout, "pool", "another vo_image run on pool %s" % self.name)
+
+    def volume_use(self):
+        """Exclusive: no overlay is being created on a volume of this pool (see locks.volume_use)."""
+        return locks.volume_use(self.name, "pool", shared=False)
+
+
+def write_json(path, data):
+    """Write ``data`` to ``path`` whole or not at all."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o644)
 
 
 def fsync_path(path):

@@ -26,7 +26,8 @@ import xml.etree.ElementTree as ET
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.download import LISTED, PINNED, download
-from ansible_collections.skygrid.fabric.plugins.module_utils.images.formats import convert_to_qcow2, inspect
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.formats import (
+    DEFAULT_MAX_VIRTUAL_SIZE, convert_to_qcow2, inspect)
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.names import check_title, name_part, normalise_format, normalise_sha512, volume_name
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.pool_store import PoolStore, fsync_path, unlink_if_present
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import storage
@@ -88,7 +89,7 @@ class ImageStager:
     """Stages, removes and prunes one VO's images in one pool, recording every change with the Reconciler."""
 
     def __init__(self, conn, pool_name, vo, reconciler, timeout=60, validate_certs=True, provenance_log=None,
-                 clock=image_list.utcnow):
+                 clock=image_list.utcnow, max_virtual_size=DEFAULT_MAX_VIRTUAL_SIZE):
         self.conn = conn
         self.vo = name_part(vo, "VO name", "vo")
         self.reconciler = reconciler
@@ -96,6 +97,7 @@ class ImageStager:
         self.validate_certs = validate_certs
         self.provenance_log = provenance_log
         self.clock = clock
+        self.max_virtual_size = max_virtual_size
         self.pool = storage.pool_by_name(conn, pool_name, "pool")
         self.store = PoolStore(self.pool)
         self.host = socket.gethostname()
@@ -195,13 +197,29 @@ class ImageStager:
             "host": self.host,
         }
 
+    # ------------------------------------------------------------ replays
+
+    def check_list(self, verified, field="list_url"):
+        """Refuse a list older than the newest of its identifier this pool accepted for the VO."""
+        seen = self.store.accepted_lists(self.vo).get(verified["identifier"])
+        image_list.check_not_replayed(verified, seen, self.store.lists_path(self.vo), field)
+
+    def remember_list(self, verified):
+        """Record ``verified`` as the newest list of its identifier (bookkeeping: not a change of the pool)."""
+        self.store.remember_list(self.vo, verified["identifier"], image_list.accepted_entry(verified))
+
     # ------------------------------------------------------------ present
 
     def ensure(self, item):
         """Stage one item unless its volume is already the same image. Returns the item's result."""
-        volume = item["volume"]
         field = item["field"]
-        vol = storage.volume(self.pool, volume)
+        vol = storage.volume(self.pool, item["volume"])
+        if vol is None:  # staged by an earlier release under a name of the old scheme? Then that one is it.
+            legacy = self._legacy_volume(item)
+            if legacy is not None:
+                item = dict(item, volume=legacy)
+                vol = storage.volume(self.pool, legacy)
+        volume = item["volume"]
         record = self.store.read_record(volume)
         path = self.store.volume_path(volume)
         result = {"image_id": item["image_id"], "title": item["title"], "version": item["version"],
@@ -211,6 +229,12 @@ class ImageStager:
             raise FabricError("volume '%s' exists in pool '%s' without a provenance record: it was not staged by "
                               "skygrid.fabric.vo_image, so it cannot be trusted as image %s. Remove or rename it"
                               % (volume, self.store.name, item["image_id"]), field=field)
+        if vol is not None and (record.get("vo"), record.get("image_id")) != (self.vo, item["image_id"]):
+            raise FabricError("volume '%s' in pool '%s' is recorded for VO %s image %s, not VO %s image %s; it is never "
+                              "replaced by another VO's or another image's (a name made before names were "
+                              "unambiguous?). Remove it (vo_image state: absent for its VO) once no VM uses it"
+                              % (volume, self.store.name, record.get("vo"), record.get("image_id"), self.vo,
+                                 item["image_id"]), field=field)
         if vol is not None and self._same_image(record, item):
             self._check_unchanged(record, path, field)
             result["provenance"] = record
@@ -263,7 +287,7 @@ class ImageStager:
         download(item["uri"], partial, item["size"], item["sha512"], item["field"], self.timeout, self.validate_certs,
                  declared=LISTED if item["list"] else PINNED)
         try:
-            found = inspect(partial, item["format"], item["uri"], item["field"])
+            found = inspect(partial, item["format"], item["uri"], item["field"], self.max_virtual_size)
             ready = partial
             if found["format"] == "raw":
                 convert_to_qcow2(partial, converted, item["uri"], item["field"])
@@ -274,13 +298,12 @@ class ImageStager:
             record = self.record_for(item, found["format"], os.path.getsize(ready))
             record["staged_at"] = image_list.format_time(self.clock())
             final = store.volume_path(item["volume"])
-            replacing = os.path.exists(final)
-            if not replacing:  # a volume never exists without its record...
+            if os.path.exists(final):
+                self._replace(ready, final, record, item)
+            else:  # a volume never exists without its record
                 store.write_record(record)
-            os.rename(ready, final)
-            fsync_path(store.path)
-            if replacing:  # ...and a record never vouches for bytes not yet in place
-                store.write_record(record)
+                os.rename(ready, final)
+                fsync_path(store.path)
         except Exception:
             unlink_if_present(converted)
             unlink_if_present(partial)
@@ -293,6 +316,19 @@ class ImageStager:
                               % (item["volume"], store.name), field="pool")
         self.log("staged", record)
         return record
+
+    def _replace(self, ready, final, record, item):
+        """Rename the new bytes over a staged volume, checking it is unused at that moment: the download took
+        a while, and a VM may have started on the old bytes meanwhile (no overlay is made while we hold this)."""
+        with self.store.volume_use():
+            users = users_of(self.conn, self.store, item["volume"])
+            if users:
+                raise FabricError("volume '%s' came into use by %s while its new bytes were downloaded; it is not "
+                                  "replaced. Stop those VMs and run again" % (item["volume"], ", ".join(users)),
+                                  field=item["field"])
+            os.rename(ready, final)
+            fsync_path(self.store.path)
+            self.store.write_record(record)  # after the rename: a record never vouches for bytes not in place
 
     # ------------------------------------------------------------ absent and prune
 
@@ -310,7 +346,14 @@ class ImageStager:
         return found
 
     def remove(self, records, event="removed", field="image"):
-        """Remove the volumes of ``records``; refuses (removing nothing) when any is in use."""
+        """Remove the volumes of ``records``; refuses (removing nothing) when any is in use. No overlay is
+        created on them between the check and the removal (the volume-use lock)."""
+        if not records:
+            return []
+        with self.store.volume_use():
+            return self._remove_unused(records, event, field)
+
+    def _remove_unused(self, records, event, field):
         busy = {}
         for record in records:
             users = users_of(self.conn, self.store, record["volume"])
@@ -353,6 +396,16 @@ class ImageStager:
             else:
                 candidates.append(record)
         return self.remove(candidates, event="pruned"), kept
+
+    def _legacy_volume(self, item):
+        """The volume an earlier release staged this very image under (``<vo>-<id>[-<version>].qcow2``): its
+        record names this VO, image, version and sha512. It stays in use (VMs have overlays on it) until the
+        image leaves the list and is pruned; new images get the unambiguous names."""
+        legacy = "-".join(part for part in (self.vo, item["image_id"], item["version"]) if part) + ".qcow2"
+        record = self.store.read_record(legacy)
+        if record and self._same_image(record, item) and storage.volume(self.pool, legacy) is not None:
+            return legacy
+        return None
 
     def log(self, event, record):
         """Append one JSON line to the site's provenance log."""

@@ -13,6 +13,7 @@ import json
 import re
 import socket
 
+from ansible_collections.skygrid.fabric.plugins.module_utils.dns_names import LABEL_RE, check_domain
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 
 DEFAULT_MAC_PREFIX = "52:54:00"
@@ -23,10 +24,9 @@ IPV6_DEFAULT_RANGE_SIZE = 0xFFFF
 STATES = ("present", "absent")
 POOL_KEYS = ("cidr", "range", "gateway", "reserved", "dns_domain", "mac_prefix")
 
-POOL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-# RFC 1123 host name label: letters, digits and hyphens, 1-63 long, no hyphen at either end.
-LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-MAC_OCTET_RE = re.compile(r"^[0-9A-Fa-f]{2}$")
+# \Z, not $: '$' also matches before a trailing newline, which would reach a dnsmasq dhcp-host line.
+POOL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+MAC_OCTET_RE = re.compile(r"^[0-9A-Fa-f]{2}\Z")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ def check_owner(owner, field="owner"):
     case (host names compare case-insensitively, so ``WN1`` and ``wn1`` are the same owner)."""
     if not isinstance(owner, str) or not owner:
         raise FabricError("an owner (the VM name) is required", field=field)
-    if not LABEL_RE.match(owner):
+    if not LABEL_RE.match(owner):  # RFC 1123: one label
         raise FabricError("'%s' is not a valid host name: use 1-63 letters, digits and hyphens, not starting "
                           "or ending with a hyphen (RFC 1123), for example 'wn042-atlas-1'" % owner, field=field)
     return owner.lower()
@@ -49,19 +49,6 @@ def check_pool_name(name, field="pool"):
         raise FabricError("'%s' is not a valid pool name: use 1-63 letters, digits, '_', '.' or '-', starting "
                           "with a letter or digit" % (name,), field=field)
     return name
-
-
-def check_domain(domain, field):
-    if domain is None or domain == "":
-        return None
-    if not isinstance(domain, str):
-        raise FabricError("must be a DNS domain such as 'vm.example.org'", field=field)
-    domain = domain.rstrip(".").lower()
-    labels = domain.split(".")
-    if len(domain) > 240 or not all(LABEL_RE.match(label) for label in labels):
-        raise FabricError("'%s' is not a valid DNS domain: dot-separated labels of 1-63 letters, digits and "
-                          "hyphens, for example 'vm.example.org'" % domain, field=field)
-    return domain
 
 
 def check_mac_prefix(prefix, field):

@@ -222,7 +222,8 @@ class WriterQueue:
 
     SQLite's own busy handler polls with a growing sleep (up to 100 ms), so under load a run that has
     waited long loses the lock again and again to runs that just arrived. Waiting in flock costs no CPU
-    and every waiter is woken the moment the lock is free. The lock file is made with the database;
+    and every waiter is woken the moment the lock is free. The lock file is made with the database, 0600
+    (any user who can open a file can flock it, and would hang every run);
     when it is missing, writers still serialise correctly through BEGIN IMMEDIATE, only less fairly."""
 
     def __init__(self, db_path, timeout):
@@ -231,14 +232,17 @@ class WriterQueue:
         self.fd = None
 
     def create(self):
-        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644))
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
 
     def acquire(self):
         """True when queued and now first (or when there is no lock file); False after the timeout."""
         try:
-            self.fd = os.open(self.path, os.O_RDWR)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
         except OSError:
             return True
+        if os.fstat(self.fd).st_mode & 0o077:  # 0644 from an earlier release: anyone could open and hold it
+            os.fchmod(self.fd, 0o600)
         if self._try():
             return True
         if threading.current_thread() is threading.main_thread():

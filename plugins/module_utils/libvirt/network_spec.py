@@ -6,13 +6,17 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import xml.etree.ElementTree as ET
 
+from ansible_collections.skygrid.fabric.plugins.module_utils.dns_names import check_domain, check_host_name
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm.spec import MAC_RE, NAME_RE
 
 MODES = ("nat", "route", "bridge", "isolated")
 BRIDGE_NAME_MAX = 15  # Linux interface names
+# What a bridge name may hold here: it ends up in XML, in 'ip' and 'bridge' command lines and in paths.
+BRIDGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 
 def _address(value, field, network):
@@ -37,7 +41,8 @@ def normalise_hosts(hosts, network, gateway):
         ip = _address(host.get("ip"), field + ".ip", network)
         if ip == gateway:
             raise FabricError("%s is the network's own (gateway) address" % ip, field=field + ".ip")
-        entry = {"mac": mac, "ip": str(ip), "name": host.get("name") or None}
+        name = host.get("name") or None
+        entry = {"mac": mac, "ip": str(ip), "name": None if name is None else check_host_name(name, field + ".name")}
         for key in ("mac", "ip", "name"):
             if entry[key] is None:
                 continue
@@ -57,10 +62,15 @@ def normalise(params):
     if mode not in MODES:
         raise FabricError("must be one of %s" % ", ".join(MODES), field="mode")
     bridge = params.get("bridge") or None
+    if bridge and not BRIDGE_RE.match(str(bridge)):
+        raise FabricError("%r is not a valid bridge name: letters, digits, '_', '.' or '-', starting with a letter or "
+                          "digit, for example br-vm" % (bridge,), field="bridge")
     if bridge and len(bridge) > BRIDGE_NAME_MAX:
         raise FabricError("'%s' is longer than %d characters, the limit for Linux interface names"
                           % (bridge, BRIDGE_NAME_MAX), field="bridge")
-    spec = {"mode": mode, "bridge": bridge, "domain": params.get("domain") or None,
+    domain = params.get("domain") or None
+    check_domain(domain, "domain")  # validated, kept as written (libvirt shows it back that way)
+    spec = {"mode": mode, "bridge": bridge, "domain": domain,
             "address": None, "prefix": None, "dhcp_range": None, "hosts": []}
     if mode == "bridge":
         if not bridge:

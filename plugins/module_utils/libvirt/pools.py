@@ -16,6 +16,11 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.objects imp
 
 POOL_TYPES = ("dir", "logical")
 
+# Directories no pool may be (a pool is listed as volumes, and purge empties it).
+SYSTEM_DIRS = frozenset(("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root",
+                         "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local",
+                         "/usr/sbin", "/usr/share", "/var", "/var/lib", "/var/lib/libvirt", "/var/log", "/var/tmp"))
+
 
 def normalise(params):
     name = params.get("name")
@@ -30,7 +35,13 @@ def normalise(params):
         path = params.get("path")
         if not path or not os.path.isabs(path):
             raise FabricError("is required for a dir pool and must be absolute, got %r" % (path,), field="path")
+        if ".." in path.split("/"):
+            raise FabricError("%r holds '..': write the pool's directory without '..' (purge empties whatever it "
+                              "really names)" % (path,), field="path")
         spec["path"] = os.path.normpath(path)
+        if spec["path"] in SYSTEM_DIRS:
+            raise FabricError("%s is a system directory; a pool needs a directory of its own, such as "
+                              "/var/lib/skygrid/images (purge would empty it)" % spec["path"], field="path")
         if params.get("source_devices"):
             raise FabricError("is only for logical pools", field="source_devices")
     else:

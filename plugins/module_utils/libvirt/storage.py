@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from ansible_collections.skygrid.fabric.plugins.module_utils import locks
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import (
     libvirt, libvirt_errors, lookup)
@@ -57,7 +58,19 @@ def _volume_xml(name, capacity, backing=None):
 
 
 def create_qcow2(pool, name, capacity, backing=None, field=None):
-    """A qcow2 volume; with ``backing`` (path, format) a copy-on-write overlay on it."""
+    """A qcow2 volume; with ``backing`` (path, format) a copy-on-write overlay on it, created while vo_image
+    cannot remove or replace base volumes of the pool (locks.volume_use), and only if the base is still there."""
+    if backing is None:
+        return _create(pool, name, capacity, None, field)
+    with locks.volume_use(pool.name(), field, shared=True):
+        # Asked of libvirt, not of this host's file system: a migration creates overlays on another host.
+        if lookup(pool.connect().storageVolLookupByPath, backing[0]) is None:
+            raise FabricError("the base volume %s was removed (pruned?) before the overlay %s could be created on it; "
+                              "stage the image again or choose a staged one" % (backing[0], name), field=field)
+        return _create(pool, name, capacity, backing, field)
+
+
+def _create(pool, name, capacity, backing, field):
     with libvirt_errors("creating volume '%s' in pool '%s'" % (name, pool.name()), field):
         return pool.createXML(_volume_xml(name, capacity, backing), 0)
 

@@ -53,8 +53,17 @@ def describe(dom):
     }
 
 
+def _describe_if_there(dom):
+    """describe(dom), or None for a domain undefined since it was listed (another run removed it)."""
+    try:
+        return describe(dom)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
 def describe_all(conn, name=None):
-    if name:
-        dom = lookup(conn.lookupByName, name)
-        return [describe(dom)] if dom is not None else []
-    return sorted((describe(dom) for dom in conn.listAllDomains()), key=lambda vm: vm["name"])
+    domains = conn.listAllDomains() if not name else [dom for dom in [lookup(conn.lookupByName, name)] if dom]
+    found = (_describe_if_there(dom) for dom in domains)
+    return sorted((vm for vm in found if vm is not None), key=lambda vm: vm["name"])

@@ -27,6 +27,10 @@ NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?\Z")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}\Z")
 SHA512_RE = re.compile(r"^[0-9a-f]{128}\Z")
 METADATA_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
+# Elements of <skygrid:vm> the module keeps its own records in: not free metadata keys.
+RESERVED_METADATA_KEYS = ("disk", "seed")
+# A volume in a pool: one file name, never a path (no '/', no leading '.', no '..').
+VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,254}\Z")
 DISK_FORMATS = ("qcow2", "raw")
 VIRT_TYPES = ("kvm", "qemu")
 TRUST_CLASSES = ("1", "2", "3")
@@ -89,6 +93,11 @@ def _normalise_disks(name, disks, default_pool):
         if not (volume or base_volume or size_gb):
             raise _field(path, "needs 'base_volume' (overlay on a staged image), 'size_gb' (an empty "
                                "disk) or 'volume' (an existing volume to attach)")
+        for key, value in (("volume", volume), ("base_volume", base_volume)):
+            if value and (not VOLUME_NAME_RE.match(str(value)) or ".." in str(value)):
+                raise _field("%s.%s" % (path, key),
+                             "%r is not a volume name in the pool: give the name libvirt lists (virsh vol-list "
+                             "POOL), without '/' or '..'" % (value,))
         if size_gb is not None:
             size_gb = _positive_int(size_gb, path + ".size_gb")
         target = disk_target(index)
@@ -171,9 +180,15 @@ def _normalise_metadata(metadata):
     for key, value in (metadata or {}).items():
         if not METADATA_KEY_RE.match(str(key)):
             raise _field("metadata.%s" % key, "metadata keys are lower-case words ([a-z][a-z0-9_]*)")
+        if key in RESERVED_METADATA_KEYS:
+            raise _field("metadata.%s" % key, "is reserved: the module keeps its own disk and seed records under "
+                                              "that name; choose another key")
         if value is None:
             continue
         value = str(value)
+        if any(ord(char) < 32 and char != "\t" or ord(char) == 127 for char in value):
+            raise _field("metadata.%s" % key, "holds control characters (newlines included): metadata values are "
+                                              "one line of text, and libvirt's XML could not carry them back")
         if key == "trust_class" and value not in TRUST_CLASSES:
             raise _field("metadata.trust_class", "must be 1 (site image), 2 (VO image) or 3 (user image), got %r" % value)
         if key == "image_sha512":
