@@ -500,10 +500,11 @@ cmd_stop() {
   local h i
   # every host an earlier start may have made, whatever SKYGRID_MULTIHOST_WORKERS says now
   WORKERS=9
-  for h in $(host_list); do
+  for h in $(host_list); do   # the hosts at once: each waits for its own daemons
     [[ -d $(host_dir "$h") ]] || ns_exists "$(ns_name "$h")" || continue
-    stop_host "$h"
+    stop_host "$h" &
   done
+  wait
   for i in 1 2 3 4 5 6 7 8 9; do ip route del "10.254.9$i.0/24" dev "$BRIDGE" 2>/dev/null || true; done
   if ip link show "$BRIDGE" >/dev/null 2>&1; then say "removing bridge $BRIDGE"; ip link del "$BRIDGE"; fi
   replace_marked_block "$HOSTS_MARK" /etc/hosts </dev/null
