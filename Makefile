@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONPATH := $(CURDIR)/collections
 
-.PHONY: demo demo-clean demo-vm e2e ee faults faults-sample test deps testbed guest lint sanity unit integration molecule bench build clean
+.PHONY: demo demo-clean demo-vm e2e ee faults faults-sample multihost multihost-sample test deps testbed guest lint sanity unit integration molecule bench build clean
 
 deps:
 	scripts/install-deps.sh
@@ -51,6 +51,7 @@ test: deps
 	$(MAKE) molecule
 	$(MAKE) e2e
 	$(MAKE) faults-sample
+	$(MAKE) multihost-sample
 
 lint:
 	scripts/lint.sh
@@ -90,6 +91,14 @@ faults: testbed guest
 
 faults-sample:
 	pytest -q tests/faults
+
+# A site, not a box (scripts/multihost-testbed.sh, docs/MULTIHOST.md): all of it takes ~25 min; make test
+# runs the test bed's own checks.
+multihost: testbed
+	pytest -q tests/multihost
+
+multihost-sample: testbed
+	pytest -q tests/multihost/test_1_testbed.py
 
 bench: testbed
 	python bench/vm_lifecycle/run.py --json .cache/bench/vm_lifecycle.json

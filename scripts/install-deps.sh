@@ -11,6 +11,7 @@ DEBIAN_PACKAGES=(
   python3-venv git shellcheck
   munge slurmctld slurmd slurm-client
   busybox-static cpio kmod debootstrap e2fsprogs openssl
+  openssh-server
 )
 
 missing=()
