@@ -246,8 +246,10 @@ def plan(vms, demand, vos, now, busy=None, cooldown_s=3600, max_changes=1, hyste
         excluded = set()
         while True:
             # A slot whose move does not fit is taken out of this run the planner's own way: as if it had
-            # just changed (in its cool-down), so the planner's invariants still hold for the rest.
-            view = [dict(slot, changed_at=now) if slot["name"] in excluded else slot for slot in slots]
+            # just changed (in its cool-down), so the planner's invariants still hold for the rest. "Just"
+            # is a second from now: with cooldown_s 0, changed_at == now would not cool it, and the same
+            # misfit would be chosen again forever.
+            view = [dict(slot, changed_at=now + 1) if slot["name"] in excluded else slot for slot in slots]
             chosen = plan_moves(view, per_vo, vos, now=now, cooldown_s=cooldown_s, max_changes=max_changes,
                                 hysteresis=hysteresis, allow_preemption=bool(allow_preemption))
             left = dict((host, list(values)) for host, values in free.items())
