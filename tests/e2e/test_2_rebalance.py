@@ -10,10 +10,11 @@ The tests share the converted site and run in this order, each leaving it as the
    touched, the lhcb jobs run on the new VMs, and a second run right after changes nothing;
 3. the site is left as convert_worker_nodes makes it: a convert run afterwards changes nothing.
 
-Jobs are named ``sgrebal-*`` and cancelled before and after. A job of a VO that has no VM is submitted held
-and then released. Each VO's jobs go to its own cluster (docs/SECURITY.md), with no constraint: a cluster
-whose VO has no VM yet refuses a constraint at submission ("Invalid feature specification") but keeps a job
-waiting (PartitionConfig) until a VM of the VO joins. A job is named by (VO, id): each cluster counts its own.
+Jobs are named ``sgrebal-*`` and cancelled before and after. Each VO's jobs go to its own cluster
+(docs/SECURITY.md), with no constraint and not held: a cluster whose VO has no VM yet refuses a constraint
+at submission ("Invalid feature specification") and refuses to release a held job ("Requested partition
+configuration not available now"), but keeps a plain job waiting (PartitionConfig, which vo_demand counts
+as queued) until a VM of the VO joins. A job is named by (VO, id): each cluster counts its own.
 Every job writes a line to the VM's serial console, so where it ran is read from the console log."""
 
 from __future__ import annotations
@@ -72,12 +73,11 @@ def wait_for(predicate, timeout, what, interval=1.0):
 
 
 def submit(vo, name, seconds, *extra):
-    """A job of ``vo`` in its cluster that writes where it runs to the VM's console; held, then released
-    (see above). Returns (vo, job id)."""
+    """A job of ``vo`` in its cluster that writes where it runs to the VM's console (see above: never held;
+    Slurm refuses to release a held job while the VO's cluster has no node). Returns (vo, job id)."""
     command = "echo SGREBAL-JOB $SLURM_JOB_ID ran on $(hostname) > /dev/ttyS0; sleep %d" % seconds
-    job = sh("sbatch", "--parsable", "--hold", "-J", PREFIX + name, "--chdir=/tmp",
+    job = sh("sbatch", "--parsable", "-J", PREFIX + name, "--chdir=/tmp",
              "--output=/dev/null", *extra, "--wrap", command, vo=vo).stdout.strip().splitlines()[-1].split(";")[0]
-    sh("scontrol", "release", job, vo=vo)
     return vo, job
 
 

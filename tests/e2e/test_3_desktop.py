@@ -20,6 +20,8 @@ import time
 
 import pytest
 
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.names import volume_name
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER = "sgops-desk"
 VENV = os.path.join(os.environ.get("SKYGRID_CACHE", "/var/cache/skygrid"), "desktop-venv")
@@ -102,7 +104,7 @@ def test_a_vo_vm_on_a_desktop_as_a_normal_user(desktop_user):
     assert "<interface type='user'>" in xml
     assert "<skygrid:vo>atlas</skygrid:vo>" in xml and "<skygrid:trust_class>2</skygrid:trust_class>" in xml
     assert os.path.exists(os.path.join(home, ".local", "share", "skygrid", "images",
-                                       "atlas-skygrid-demo-atlas-worker-1.qcow2"))
+                                       volume_name("atlas", "skygrid-demo-atlas-worker", "1")))
     assert "qemu:///system" not in first.stdout
 
     again = playbook(home)
