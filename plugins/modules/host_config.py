@@ -131,6 +131,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import 
 
 
 class HostConfigModule(FabricModule):
+    supports_check_mode = True
     argument_spec = dict(
         settings=dict(type="list", elements="dict", default=[], options=dict(
             path=dict(type="path", required=True),
