@@ -1,6 +1,6 @@
 """The site in a box as tests drive it: playbooks run as a site admin runs them (the checkout's
 ansible.cfg and collection, inventories/local), their recap and changed tasks read back, and Slurm
-commands in the site's or a VO's cluster. Used by tests/e2e and tests/faults."""
+commands in the site's or a VO's cluster. Used by tests/e2e, tests/ee and tests/faults."""
 
 from __future__ import annotations
 
@@ -81,3 +81,11 @@ def sh(*args, check=True, vo=None):
     """Run a command; with ``vo``, its Slurm commands talk to that VO's cluster."""
     env = dict(os.environ, **vo_env(vo)) if vo else None
     return subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=check, env=env)
+
+
+def start_site_in_a_box():
+    """Libvirt, Slurm and the demo's VO side (CA, endorsers, signed lists served on 127.0.0.1), as
+    make demo has them; each start is idempotent, so this also restarts what anyone stopped."""
+    sh("bash", os.path.join(ROOT, "scripts", "testbed.sh"), "start")
+    sh("bash", os.path.join(ROOT, "scripts", "slurm-testbed.sh"), "start")
+    sh(sys.executable, os.path.join(ROOT, "scripts", "site_in_a_box", "prepare.py"))

@@ -3,20 +3,15 @@ with the demo's signed VO images served from 127.0.0.1. Playbooks run as a site 
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-from sitebox import INVENTORY, ROOT, run_playbook, sh
+from sitebox import INVENTORY, run_playbook, start_site_in_a_box
 
 
 @pytest.fixture(scope="session")
 def site():
     """Libvirt, Slurm and the VO side ready; the site not converted."""
-    sh("bash", os.path.join(ROOT, "scripts", "testbed.sh"), "start")
-    sh("bash", os.path.join(ROOT, "scripts", "slurm-testbed.sh"), "start")
-    sh(sys.executable, os.path.join(ROOT, "scripts", "site_in_a_box", "prepare.py"))
+    start_site_in_a_box()
     rc, out = run_playbook("revert_worker_nodes")  # whatever an earlier run left
     assert rc == 0, out[-3000:]
     yield INVENTORY

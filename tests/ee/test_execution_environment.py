@@ -68,6 +68,7 @@ def run_playbook(tmp_path, playbook, check=True):
     return result, result.stdout.read()
 
 
+@pytest.mark.usefixtures("site_in_a_box")
 def test_rebalance_check_through_ansible_runner(tmp_path):
     result, stdout = run_playbook(tmp_path, "playbooks/rebalance.yml")
     assert result.status == "successful" and result.rc == 0, stdout[-3000:]
@@ -77,6 +78,7 @@ def test_rebalance_check_through_ansible_runner(tmp_path):
     assert result.stats["failures"] == {} and result.stats["dark"] == {}
 
 
+@pytest.mark.usefixtures("site_in_a_box")
 def test_convert_worker_nodes_check_through_ansible_runner(tmp_path):
     result, stdout = run_playbook(tmp_path, "playbooks/convert_worker_nodes.yml")
     assert result.status == "successful" and result.rc == 0, stdout[-3000:]
