@@ -152,6 +152,17 @@ class PoolStore:
         return locks.volume_use(self.name, "pool", shared=False)
 
 
+def staged_record(pool, volume):
+    """``(path, record)`` of a volume vo_image staged into ``pool``, or None: a pool whose volumes are not
+    files here, or a volume no provenance record vouches for (not staged by vo_image)."""
+    try:
+        store = PoolStore(pool)
+    except FabricError:
+        return None
+    record = store.read_record(volume)
+    return (store.volume_path(volume), record) if record else None
+
+
 def write_json(path, data):
     """Write ``data`` to ``path`` whole or not at all."""
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o644)

@@ -24,7 +24,7 @@ import os
 import socket
 import xml.etree.ElementTree as ET
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
+from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list, integrity
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.download import LISTED, PINNED, download
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.formats import (
     DEFAULT_MAX_VIRTUAL_SIZE, convert_to_qcow2, inspect)
@@ -82,7 +82,7 @@ def _domain_uses(xml, pool_name, volume, path):
 
 def _short(record):
     """The provenance record without the fields that change every time it is written."""
-    return {key: value for key, value in record.items() if key not in ("staged_at", "host")}
+    return {key: value for key, value in record.items() if key not in ("staged_at", "host", "volume_mtime_ns")}
 
 
 class ImageStager:
@@ -184,6 +184,8 @@ class ImageStager:
             "source_format": source_format,
             "converted": source_format == "raw" if source_format else None,
             "volume_bytes": volume_bytes,
+            "volume_sha512": None,
+            "volume_mtime_ns": None,
             "list_id": listed.get("id"),
             "list_title": listed.get("title"),
             "list_uri": listed.get("uri"),
@@ -262,19 +264,45 @@ class ImageStager:
             ("sha512", item["sha512"])))
 
     def _check_unchanged(self, record, path, field):
+        """The staged file is still read-only and the bytes its record vouches for (re-hashed when its size or
+        mtime moved); a re-hash that matches records the file's new mtime, so the next run need not hash."""
         try:
-            stat = os.stat(path)
+            mode = os.stat(path).st_mode
         except OSError as exc:
             raise FabricError("cannot read staged volume %s: %s" % (path, exc.strerror), field=field)
-        problems = []
-        if record.get("volume_bytes") is not None and stat.st_size != record["volume_bytes"]:
-            problems.append("its size is %d bytes, %d when staged" % (stat.st_size, record["volume_bytes"]))
-        if stat.st_mode & 0o222:
-            problems.append("it is writable (mode %04o)" % (stat.st_mode & 0o7777))
-        if problems:
-            raise FabricError("staged volume %s changed since it was staged (%s): it can no longer be trusted. Stop "
-                              "its VMs, remove it (state: absent) and stage it again" % (path, "; ".join(problems)),
-                              field=field)
+        if mode & 0o222:
+            integrity.refuse_changed(path, "it is writable (mode %04o)" % (mode & 0o7777), field)
+        self._verified(record, path, field, force=False)
+
+    def _verified(self, record, path, field, force):
+        status, detail, fresh = integrity.check(path, record, force=force)
+        if status in (integrity.CHANGED, integrity.MISSING):
+            integrity.refuse_changed(path, detail, field)
+        if status == integrity.UNVERIFIABLE:
+            self.store.warnings.append("%s: %s" % (path, detail))
+        if fresh and not self.reconciler.check_mode:  # bookkeeping, not a change of the pool
+            record.update(fresh)
+            self.store.write_record(record)
+        return status, detail
+
+    def verify(self, records, field="state"):
+        """Re-hash each record's file whatever its mtime. Returns one ``{volume, status, detail}`` per
+        record; raises naming every volume that changed or is missing (nothing is removed: the site decides)."""
+        results, bad = [], []
+        for record in records:
+            path = self.store.volume_path(record["volume"])
+            status, detail, fresh = integrity.check(path, record, force=True)
+            if status == integrity.OK and fresh and not self.reconciler.check_mode:
+                record.update(fresh)
+                self.store.write_record(record)
+            results.append({"volume": record["volume"], "status": status, "detail": detail})
+            if status in (integrity.CHANGED, integrity.MISSING):
+                bad.append("%s (%s)" % (record["volume"], detail))
+        if bad:
+            raise FabricError("%d staged image(s) of VO %s in pool %s are not what was staged: %s. Stop their VMs, "
+                              "remove them (state: absent) and stage them again"
+                              % (len(bad), self.vo, self.store.name, "; ".join(bad)), field=field, verified=results)
+        return results
 
     def _stage(self, item):
         store = self.store
@@ -297,6 +325,9 @@ class ImageStager:
             fsync_path(ready)
             record = self.record_for(item, found["format"], os.path.getsize(ready))
             record["staged_at"] = image_list.format_time(self.clock())
+            # What VM starts and verify runs compare the published file with (images/integrity.py).
+            record["volume_sha512"] = integrity.file_sha512(ready) if ready == converted else item["sha512"]
+            record.update(integrity.fingerprint(ready))
             final = store.volume_path(item["volume"])
             if os.path.exists(final):
                 self._replace(ready, final, record, item)
@@ -332,12 +363,13 @@ class ImageStager:
 
     # ------------------------------------------------------------ absent and prune
 
+    def vo_records(self):
+        return [record for record in self.store.records() if record.get("vo") == self.vo]
+
     def matching_records(self, selectors):
         """Records of this VO matching any ``{"image", "version"}`` (identifier or title)."""
         found = []
-        for record in self.store.records():
-            if record.get("vo") != self.vo:
-                continue
+        for record in self.vo_records():
             for selector in selectors:
                 if selector["image"] in (record.get("image_id"), record.get("image_title")) and \
                         selector.get("version") in (None, record.get("image_version")):
