@@ -35,7 +35,11 @@ DEPS=(g++ make pkg-config autoconf2.69 automake libtool libboost-dev libxml2-dev
   libreadline-dev libncurses-dev patch curl ca-certificates)
 CONFIGURE_OPTIONS=(--prefix="$PREFIX" --with-server-home="$PBS_HOME" --with-default-server=localhost
   --disable-gui --without-tcl --disable-cpuset --disable-cgroups --disable-gcc-warnings --without-pam
-  --disable-drmaa --with-sendmail=/bin/true)
+  --disable-drmaa --with-sendmail=/bin/true
+  # The programs find libtorque by their RUNPATH, whatever this host's ld.so.conf says: libtool leaves the
+  # RUNPATH out when the prefix's lib is already in ld.so.conf (a rebuild), and a pbs_mom copied into
+  # the VO image then misses libtorque there.
+  LDFLAGS="-Wl,-rpath,$PREFIX/lib")
 
 die() { echo "torque/build.sh: $*" >&2; exit 2; }
 log() { echo "==> $*"; }
