@@ -101,8 +101,8 @@ options:
         on a lock file C(<db>.lock). Back up the database with C(sqlite3 <db> .backup <file>), not by copying.
       - A file that is not an IPAM database, or is damaged, is reported and left untouched.
       - A missing or empty O(db) is created only when no C(<db>.lock) or C(<db>-wal) shows that a database
-        was in use there; otherwise the call fails (an empty database would hand out addresses already
-        leased): restore the backup, or remove C(<db>.lock) to start afresh on purpose.
+        was in use there; otherwise the call fails, since an empty database would hand out addresses already
+        leased. Restore the backup, or remove C(<db>.lock) to start afresh on purpose.
       - Keep it on a local file system (WAL mode does not work over NFS).
     type: path
     default: /var/lib/skygrid/ipam.sqlite
