@@ -90,7 +90,7 @@ class LeaseStore:
         tells, the processes holding them."""
         files = [self.queue_path, self.path, self.path + "-wal", self.path + "-shm"]
         holder = lock_holders.describe(files) or "no holder found in /proc/locks (another host, or it just let go)"
-        return FabricError("%s stayed locked by another run for more than %.0f s while %s (%s; writers queue on %s). "
+        return FabricError("%s stayed locked by another run for more than %g s while %s (%s; writers queue on %s). "
                            "Nothing was changed. Let that run finish, or stop it if it is stuck (fuser -v %s %s), "
                            "then run again; raise 'timeout' if runs are only slow"
                            % (self.path, self.timeout, doing, holder, self.queue_path, self.queue_path, self.path),
