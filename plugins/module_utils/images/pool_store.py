@@ -201,7 +201,9 @@ def staged_record(pool, volume):
     except FabricError:
         return None
     record = store.read_record(volume)
-    return (store.volume_path(volume), record) if record else None
+    if not record:
+        return None
+    return store.volume_path(volume), record  # (a separate return: pylint inferred the one-line form as None only)
 
 
 def write_json(path, data):
