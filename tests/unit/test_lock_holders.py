@@ -72,3 +72,24 @@ def test_a_real_holder_is_named_with_its_command(tmp_path):
     with open(target) as handle:  # let go: nobody is named any more
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert lock_holders.describe([target]) == ""
+
+
+@pytest.mark.skipif(not os.path.exists(lock_holders.PROC_LOCKS), reason="needs /proc/locks")
+def test_a_lock_wait_that_times_out_names_the_holding_process(tmp_path):
+    from ansible_collections.skygrid.fabric.plugins.module_utils import locks
+    from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
+    directory = str(tmp_path / "locks")
+    with locks.held("vo-image-images", 1, "pool", "a first run", directory=directory) as path:
+        pass  # made the private directory and the lock file
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys\nfd = open(sys.argv[1])\n"
+                               "fcntl.flock(fd, fcntl.LOCK_SH)\nprint('held', flush=True)\nsys.stdin.read()", path],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FabricError) as err:
+            with locks.held("vo-image-images", 0.2, "pool", "another vo_image run on pool images", directory=directory):
+                pass
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+    assert "held by pid %d (" % holder.pid in str(err.value) and "fuser -v %s" % path in str(err.value)
