@@ -31,6 +31,13 @@ description:
     C(+), so two images never share a name); then the pool is refreshed.
   - Any refusal leaves nothing under the final name and no partial file, except an interrupted
     download, which is kept in the staging directory and resumed by the next run.
+  - "A full pool filesystem: before downloading (also in check mode), the image's declared size is
+    compared with the space available in the pool's filesystem, and before converting a raw image, the
+    size C(qemu-img measure) gives; an image that does not fit fails naming the pool, its path, the bytes
+    needed and available, and changes nothing. If the filesystem fills up anyway (something else wrote
+    there meanwhile), the run fails the same way and removes its partial files rather than keeping them
+    for a resume, giving the space back to VMs that write on that filesystem; the images already
+    staged are untouched."
   - A volume already staged with the same VO, image id, version and sha512 is left alone
     (C(changed=false)); its read-only mode is checked, and its bytes are re-hashed when its size or
     mtime differs from its provenance record (a change is refused). M(skygrid.fabric.vm) makes the

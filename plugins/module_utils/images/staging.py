@@ -27,9 +27,10 @@ import xml.etree.ElementTree as ET
 from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list, integrity
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.download import LISTED, PINNED, download
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.formats import (
-    DEFAULT_MAX_VIRTUAL_SIZE, convert_to_qcow2, inspect)
+    DEFAULT_MAX_VIRTUAL_SIZE, convert_to_qcow2, inspect, qcow2_bytes)
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.names import check_title, name_part, normalise_format, normalise_sha512, volume_name
-from ansible_collections.skygrid.fabric.plugins.module_utils.images.pool_store import PoolStore, fsync_path, unlink_if_present
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.pool_store import (
+    PoolStore, fsync_path, is_no_space, unlink_if_present)
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import storage
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
@@ -251,6 +252,7 @@ class ImageStager:
                                      item["version"], ", ".join(users)), field=field)
         planned = self.record_for(item)
         self.reconciler.record_diff(volume, _short(record) if record else None, _short(planned))
+        self._check_download_fits(item)  # in check mode too: it says the run would fail
         verb = "replace" if vol is not None else "stage"
         action = "%s %s/%s from %s (sha512 %s...)" % (verb, self.store.name, volume, item["uri"], item["sha512"][:16])
         staged = self.reconciler.act(action, self._stage, item)
@@ -280,10 +282,24 @@ class ImageStager:
             integrity.refuse_changed(path, detail, field)
         if status == integrity.UNVERIFIABLE:
             self.store.warnings.append("%s: %s" % (path, detail))
-        if fresh and not self.reconciler.check_mode:  # bookkeeping, not a change of the pool
-            record.update(fresh)
-            self.store.write_record(record)
+        if fresh:
+            self._refresh_record(record, fresh)
         return status, detail
+
+    def _refresh_record(self, record, fresh):
+        """Record a verified file's new mtime: bookkeeping, not a change of the pool, so a full filesystem only
+        costs the next run a re-hash (the images already staged stay usable)."""
+        if self.reconciler.check_mode:
+            return
+        record.update(fresh)
+        try:
+            self.store.write_record(record)
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            self.store.warnings.append("could not record that %s was verified: the filesystem of pool '%s' is full "
+                                       "(%s); the next run hashes it again"
+                                       % (record["volume"], self.store.name, exc.strerror))
 
     def verify(self, records, field="state"):
         """Re-hash each record's file whatever its mtime. Returns one ``{volume, status, detail}`` per
@@ -292,9 +308,8 @@ class ImageStager:
         for record in records:
             path = self.store.volume_path(record["volume"])
             status, detail, fresh = integrity.check(path, record, force=True)
-            if status == integrity.OK and fresh and not self.reconciler.check_mode:
-                record.update(fresh)
-                self.store.write_record(record)
+            if status == integrity.OK and fresh:
+                self._refresh_record(record, fresh)
             results.append({"volume": record["volume"], "status": status, "detail": detail})
             if status in (integrity.CHANGED, integrity.MISSING):
                 bad.append("%s (%s)" % (record["volume"], detail))
@@ -304,6 +319,14 @@ class ImageStager:
                               % (len(bad), self.vo, self.store.name, "; ".join(bad)), field=field, verified=results)
         return results
 
+    def _check_download_fits(self, item):
+        """Fail before downloading an image the pool's filesystem clearly cannot hold (its declared size,
+        less what an interrupted download already wrote)."""
+        partial = self.store.partial_path(item["volume"], item["sha512"])
+        done = os.path.getsize(partial) if os.path.isfile(partial) else 0
+        self.store.check_space(max(item["size"] - done, 0), "image %s version %s (%d bytes declared%s)" % (
+            item["image_id"], item["version"], item["size"], ", %d already downloaded" % done if done else ""))
+
     def _stage(self, item):
         store = self.store
         store.ensure_dirs()
@@ -312,12 +335,21 @@ class ImageStager:
                 unlink_if_present(stale)
         partial = store.partial_path(item["volume"], item["sha512"])
         converted = os.path.join(store.staging, item["volume"] + ".tmp")
-        download(item["uri"], partial, item["size"], item["sha512"], item["field"], self.timeout, self.validate_certs,
-                 declared=LISTED if item["list"] else PINNED)
+        try:
+            download(item["uri"], partial, item["size"], item["sha512"], item["field"], self.timeout,
+                     self.validate_certs, declared=LISTED if item["list"] else PINNED)
+        except OSError as exc:  # only a full filesystem (download removed the partial); other errors are FabricErrors
+            if is_no_space(exc):
+                raise store.no_space(exc, "downloading image %s from %s" % (item["image_id"], item["uri"]),
+                                     item["size"]) from exc
+            raise
         try:
             found = inspect(partial, item["format"], item["uri"], item["field"], self.max_virtual_size)
             ready = partial
             if found["format"] == "raw":
+                store.check_space(qcow2_bytes(partial, item["uri"], item["field"]),
+                                  "converting raw image %s to qcow2" % item["image_id"],
+                                  "The downloaded raw image was removed and nothing was published")
                 convert_to_qcow2(partial, converted, item["uri"], item["field"])
                 unlink_if_present(partial)  # before the fsync below: its unwritten pages are dropped, not written
                 ready = converted
@@ -335,9 +367,11 @@ class ImageStager:
                 store.write_record(record)
                 os.rename(ready, final)
                 fsync_path(store.path)
-        except Exception:
+        except Exception as exc:
             unlink_if_present(converted)
             unlink_if_present(partial)
+            if is_no_space(exc):
+                raise store.no_space(exc, "publishing image %s" % item["image_id"]) from exc
             raise
         unlink_if_present(partial)
         with libvirt_errors("refreshing storage pool '%s'" % store.name, "pool"):
