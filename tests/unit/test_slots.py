@@ -106,8 +106,8 @@ def test_a_rebalanced_host_keeps_its_slots_and_gets_nothing_beside_them():
 def test_free_room_beside_kept_slots_goes_to_the_shares_under_new_names():
     existing = [vm("wn1-lhcb-2", "lhcb"), vm("wn1-lhcb-3", "lhcb"), vm("wn1-lhcb-4", "lhcb")]
     plan = plan_slots("wn1", 6, 8192, EVEN, existing=existing)
-    assert sorted(slot["name"] for slot in plan) == ["wn1-atlas-1", "wn1-atlas-2", "wn1-atlas-3",
-                                                      "wn1-lhcb-2", "wn1-lhcb-3", "wn1-lhcb-4"]
+    names = sorted(slot["name"] for slot in plan)
+    assert names == ["wn1-atlas-1", "wn1-atlas-2", "wn1-atlas-3", "wn1-lhcb-2", "wn1-lhcb-3", "wn1-lhcb-4"]
     existing = [vm("wn1-lhcb-2", "lhcb")]
     plan = plan_slots("wn1", 4, 4096, EVEN, existing=existing)
     assert sorted(slot["name"] for slot in plan) == ["wn1-atlas-1", "wn1-atlas-2", "wn1-lhcb-1", "wn1-lhcb-2"]
