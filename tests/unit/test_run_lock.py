@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 
 from ansible_collections.skygrid.fabric.plugins.module_utils import locks, run_lock
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
+from lockprobe import run_lock_free
 
 
 @pytest.fixture
@@ -37,15 +37,7 @@ def spawn():
 
 
 def lockable(lock_dir, host):
-    """True when nothing holds the run lock of ``host`` (tried on a descriptor of our own)."""
-    fd = os.open(locks.lock_path(run_lock.PREFIX + host, lock_dir), os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+    return run_lock_free(host, lock_dir)
 
 
 def wait_until(condition, timeout=5.0):
