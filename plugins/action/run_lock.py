@@ -72,8 +72,8 @@ class ActionModule(ActionBase):
             ours = [host for host, record in held_by.items() if record == "this run"]
             msg = "would release the run lock of %s" % (", ".join(ours) or "no host")
         elif busy:
-            msg = "would wait for %s" % "; ".join("%s (held by %s)" % (host, run_lock.describe(record))
-                                                   for host, record in busy.items())
+            waits = ["%s (held by %s)" % (host, run_lock.describe(record)) for host, record in busy.items()]
+            msg = "would wait for %s" % "; ".join(waits)
         else:
             msg = "would take the run lock of %s (free)" % ", ".join(lock.hosts)
         return {"held_by": held_by, "msg": msg}

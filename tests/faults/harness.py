@@ -113,7 +113,7 @@ def run_together(playbooks, log):
     started = time.monotonic()
     procs = [subprocess.Popen(playbook_command(name), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=playbook_env(), cwd=ROOT, start_new_session=True) for name in playbooks]
-    lines = [[] for _ in procs]
+    lines = [[] for _proc in procs]
 
     def read(index):
         for line in procs[index].stdout:
@@ -126,8 +126,8 @@ def run_together(playbooks, log):
         reader.join()
     for name, proc, timed in zip(playbooks, procs, lines):
         proc.wait()
-        log.write("---- %s (pid %d, rc %d), started together with %s\n" % (name, proc.pid, proc.returncode,
-                                                                       " and ".join(playbooks)))
+        log.write("---- %s (pid %d, rc %d), started together with %s\n"
+                  % (name, proc.pid, proc.returncode, " and ".join(playbooks)))
         log.write("".join("%7.1f %s" % (at, line) for at, line in timed))
     return [(proc.returncode, timed) for proc, timed in zip(procs, lines)]
 

@@ -125,8 +125,8 @@ def test_the_same_run_asking_again_succeeds_at_once(lock_dir, spawn):
                              lock_dir).acquire(0)
     assert again["already"] == ["node01"] and again["taken"] == ["node02"]
     assert again["holder_pid"] != first["holder_pid"]
-    assert run_lock.RunLock(["node01", "node02"], owner, lock_dir).survey() == {"node01": "this run",
-                                                                                 "node02": "this run"}
+    found = run_lock.RunLock(["node01", "node02"], owner, lock_dir).survey()
+    assert found == {"node01": "this run", "node02": "this run"}
 
 
 def test_locks_are_taken_in_one_order_so_runs_never_wait_in_a_circle(lock_dir, spawn):
