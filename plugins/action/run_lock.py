@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from ansible import context
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
@@ -37,8 +38,7 @@ class ActionModule(ActionBase):
                 raise FabricError("must be 0 (fail at once) or more seconds, not %d" % args["timeout"], field="timeout")
             # The worker's parent is the ansible-playbook process: the run the locks belong to.
             owner_pid = os.getppid()
-            lock = run_lock.RunLock(hosts, run_lock.Owner(owner_pid, run_lock.playbooks_of(owner_pid)
-                                                          or os.path.basename(self._task.get_path() or "")))
+            lock = run_lock.RunLock(hosts, run_lock.Owner(owner_pid, self._playbooks()))
             result["hosts"] = lock.hosts
             if self._task.check_mode:
                 result.update(self._check(lock, args["state"]))
@@ -50,6 +50,11 @@ class ActionModule(ActionBase):
         except FabricError as exc:
             result.update(failed=True, msg=str(exc))
         return result
+
+    def _playbooks(self):
+        """The playbooks the run was started with, e.g. 'convert_worker_nodes.yml' (else this task's file)."""
+        started_with = context.CLIARGS.get("args") or [(self._task.get_path() or "").rsplit(":", 1)[0]]
+        return " ".join(os.path.basename(path) for path in started_with)
 
     @staticmethod
     def _hold(lock, timeout):

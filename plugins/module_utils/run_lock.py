@@ -46,16 +46,6 @@ def started_at(start):
     return boot + start / os.sysconf("SC_CLK_TCK")
 
 
-def playbooks_of(pid):
-    """The playbook files on process ``pid``'s command line (base names), e.g. 'convert_worker_nodes.yml'."""
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            args = handle.read().decode(errors="replace").split("\0")
-    except OSError:
-        return ""
-    return " ".join(os.path.basename(arg) for arg in args if arg.endswith((".yml", ".yaml")))
-
-
 class Owner:
     """The run a lock belongs to: its owner process (``ansible-playbook``) identified by PID and start time."""
 
