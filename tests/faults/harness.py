@@ -74,8 +74,10 @@ FAULTS = [
     Fault("converted-qemu-killed", "convert_worker_nodes", "qemu"),
     Fault("concurrent-convert-rebalance", "convert_worker_nodes", "concurrent", other="rebalance"),
     Fault("concurrent-convert-convert", "convert_worker_nodes", "concurrent", other="convert_worker_nodes"),
+    Fault("concurrent-rebalance-while-leasing", "convert_worker_nodes", "concurrent", "Lease an address",
+          other="rebalance"),
 ]
-CONCURRENT = ("concurrent-convert-rebalance", "concurrent-convert-convert")
+CONCURRENT = ("concurrent-convert-rebalance", "concurrent-convert-convert", "concurrent-rebalance-while-leasing")
 WAITING = re.compile(r"^run_lock: another run holds the fabric lock of (\S+): (\S+), pid (\d+)", re.M)
 SAMPLE = ("convert-vm-start", "revert-vms")
 
@@ -108,26 +110,34 @@ def run_faulted(fault, log):
     return proc.returncode, "".join(lines), injected.is_set()
 
 
-def run_together(playbooks, log):
-    """Start the playbooks at the same moment; returns one (rc, [(seconds since the start, line)]) each."""
+def run_together(playbooks, log, when=None):
+    """Start two playbooks at the same moment, or the second when the task ``when`` starts in the first;
+    returns one (rc, [(seconds since the first started, line)]) each."""
     started = time.monotonic()
-    procs = [subprocess.Popen(playbook_command(name), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=playbook_env(), cwd=ROOT, start_new_session=True) for name in playbooks]
-    lines = [[] for _proc in procs]
+    procs, lines, go = [], ([], []), threading.Event()
 
     def read(index):
         for line in procs[index].stdout:
             lines[index].append((time.monotonic() - started, line))
+            if index == 0 and when and line.startswith("TASK [") and when in line:
+                go.set()
+        go.set()  # the first run ended before the task: start the second anyway
 
-    readers = [threading.Thread(target=read, args=(index,)) for index in range(len(procs))]
-    for reader in readers:
-        reader.start()
+    readers = []
+    for index, name in enumerate(playbooks):
+        if index and when:
+            go.wait()
+        procs.append(subprocess.Popen(playbook_command(name), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, env=playbook_env(), cwd=ROOT, start_new_session=True))
+        readers.append(threading.Thread(target=read, args=(index,)))
+        readers[-1].start()
     for reader in readers:
         reader.join()
     for name, proc, timed in zip(playbooks, procs, lines):
         proc.wait()
-        log.write("---- %s (pid %d, rc %d), started together with %s\n"
-                  % (name, proc.pid, proc.returncode, " and ".join(playbooks)))
+        log.write("---- %s (pid %d, rc %d) of %s, the second started %s\n"
+                  % (name, proc.pid, proc.returncode, " and ".join(playbooks),
+                     "when %r started in the first" % when if when else "at the same moment"))
         log.write("".join("%7.1f %s" % (at, line) for at, line in timed))
     return [(proc.returncode, timed) for proc, timed in zip(procs, lines)]
 
@@ -182,10 +192,11 @@ def _counts(values):
 
 
 def concurrent(fault, log):
-    """The fault's playbook and ``fault.other`` at once: both must succeed, one after the other (the later one
-    says which run it waited for), and leave no duplicate; then a convert changes nothing."""
+    """The fault's playbook and ``fault.other`` at once (or ``other`` when ``task`` starts in the first): both
+    must succeed, one after the other (the later one says which run it waited for), and leave no duplicate;
+    then a convert changes nothing."""
     playbooks = (fault.playbook, fault.other)
-    results = run_together(playbooks, log)
+    results = run_together(playbooks, log, fault.task)
     failed = [name for name, (rc, _timed) in zip(playbooks, results) if rc]
     if failed:
         return "failed", "%s failed (see the log)" % " and ".join(failed)
@@ -341,7 +352,8 @@ def campaign(names, log_dir):
         line = "fault=%s point=%s:%r outcome=%s leaked=%d%s" % (
             fault.kind if not fault.daemon else "restart-" + fault.daemon,
             fault.playbook + ("+" + fault.other if fault.other else ""),
-            fault.task or ("at once" if fault.other else "between runs"),
+            ("%s, %s started" % (fault.task, fault.other) if fault.task and fault.other else
+             fault.task or ("at once" if fault.other else "between runs")),
             outcome, sum(len(items) for items in leaked.values()),
             " (%s)" % "; ".join("%s: %s" % (kind, ", ".join(items)) for kind, items in leaked.items()) if leaked else "")
         print(line + (" - " + detail if detail else ""), flush=True)
@@ -364,8 +376,8 @@ def main():
     args = parser.parse_args()
     if args.list:
         for fault in FAULTS:
-            print("%-30s %-22s %-10s %s" % (fault.name, fault.playbook, fault.kind,
-                                            fault.task or ("with " + fault.other if fault.other else "")))
+            other = "with %s%s" % (fault.other, " at %s" % fault.task if fault.task else "") if fault.other else ""
+            print("%-36s %-22s %-10s %s" % (fault.name, fault.playbook, fault.kind, other or fault.task or ""))
         return 0
     names = ([fault.name for fault in FAULTS] if args.points == "all" else SAMPLE if args.points == "sample" else
              CONCURRENT if args.points == "concurrent" else args.points.split(","))
