@@ -93,7 +93,7 @@ def run_faulted(fault, log):
         time.sleep(fault.delay)
         if fault.kind == "kill":
             try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the playbook, its workers and the module processes
+                os.killpg(proc.pid, signal.SIGKILL)  # the playbook (its workers are in sessions of their own)
             except ProcessLookupError:
                 return
         else:
