@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import time
@@ -135,6 +136,19 @@ def start_holder(fds, owner):
     return int(answer)
 
 
+def _room_for(count, field):
+    """Raise the open-file limit so that ``count`` lock files fit besides what the process has open: a site
+    of a thousand worker nodes would pass the usual soft limit of 1024."""
+    want = count + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            raise FabricError("%d hosts need %d open files, more than this controller allows (ulimit -Hn %d): "
+                              "raise the limit or take the lock for fewer hosts at a time" % (count, want, hard),
+                              field=field)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 class RunLock:
     """The run locks of ``hosts`` for the run of ``owner``; ``directory`` defaults to locks.default_dir()."""
 
@@ -171,6 +185,7 @@ class RunLock:
         this run before), waited_s, holder_pid, waited_for (host: record of the run waited for)."""
         started = time.monotonic()
         deadline = started + timeout
+        _room_for(len(self.hosts), self.field)
         taken, already, waited_for, fds = [], [], {}, []
         try:
             for host in self.hosts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import threading
@@ -183,3 +184,18 @@ def test_describe_and_bad_input():
         run_lock.RunLock([], run_lock.Owner(os.getpid(), "x.yml"))
     with pytest.raises(FabricError, match="does not exist"):
         run_lock.Owner(2 ** 22 + 1, "x.yml")
+
+
+def test_a_thousand_hosts_fit_past_the_usual_open_file_limit(lock_dir, spawn):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        owner = spawn()
+        hosts = ["wn%04d" % index for index in range(1100)]
+        got = run_lock.RunLock(hosts, run_lock.Owner(owner.pid, "convert_worker_nodes.yml"), lock_dir).acquire(0)
+        assert len(got["taken"]) == 1100
+        assert not lockable(lock_dir, "wn0000") and not lockable(lock_dir, "wn1099")
+        owner.kill()
+        assert wait_until(lambda: lockable(lock_dir, "wn1099"), 3)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
