@@ -32,6 +32,14 @@ options:
     description: The site's VOs, C({name - {share (percent), vm - {vcpus, memory_mb}, max_slots_per_host}}).
     type: dict
     required: true
+  existing:
+    description:
+      - The host's VMs now (the C(vms) of M(skygrid.fabric.vm_info), or C({name, vo}) items). Its slot VMs
+        (metadata C(slot_host) is this host) of a VO that still has a share are kept, in name order while
+        they fit, and only the room left is split by the shares, under names not taken - so the plan after
+        a rebalance keeps what the rebalance did.
+    type: list
+    elements: dict
 """
 
 EXAMPLES = r"""

@@ -21,6 +21,7 @@ import stat
 import tempfile
 import time
 
+from ansible_collections.skygrid.fabric.plugins.module_utils import lock_holders
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 
 ROOT_LOCK_DIR = "/run/skygrid/locks"
@@ -122,9 +123,10 @@ def held(name, timeout, field, what, shared=False, directory=None):
         backoff = Backoff()
         while not try_flock(fd, shared):
             if time.monotonic() >= deadline:
-                raise FabricError("waited %d s for %s to finish (lock %s) and gave up; if no such run is going on, "
-                                  "find the process holding it (fuser -v %s)" % (timeout, what, path, path),
-                                  field=field)
+                holder = lock_holders.describe([path], writers_only=False)
+                raise FabricError("waited %d s for %s to finish (lock %s%s) and gave up; if no such run is going on, "
+                                  "find the process holding it (fuser -v %s) and stop it"
+                                  % (timeout, what, path, ", " + holder if holder else "", path), field=field)
             backoff.sleep(deadline)
         yield path
     finally:

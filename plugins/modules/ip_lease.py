@@ -100,11 +100,16 @@ options:
       - Next to it, SQLite keeps C(<db>-wal) and C(<db>-shm) while it is in use, and concurrent runs queue
         on a lock file C(<db>.lock). Back up the database with C(sqlite3 <db> .backup <file>), not by copying.
       - A file that is not an IPAM database, or is damaged, is reported and left untouched.
+      - A missing or empty O(db) is created only when no C(<db>.lock) or C(<db>-wal) shows that a database
+        was in use there; otherwise the call fails, since an empty database would hand out addresses already
+        leased. Restore the backup, or remove C(<db>.lock) to start afresh on purpose.
       - Keep it on a local file system (WAL mode does not work over NFS).
     type: path
     default: /var/lib/skygrid/ipam.sqlite
   timeout:
-    description: Seconds to wait for another run holding the database before failing.
+    description:
+      - Seconds to wait for another run holding the database before failing.
+      - The failure names the lock files and, where C(/proc/locks) tells, the processes holding them; nothing is changed.
     type: float
     default: 30
   export:

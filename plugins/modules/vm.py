@@ -222,7 +222,11 @@ options:
         description: Storage pool of the disk (default O(default_pool)).
         type: str
       base_volume:
-        description: Volume in the same pool the overlay is based on (a staged VO image).
+        description:
+          - Volume in the same pool the overlay is based on (a staged VO image).
+          - When M(skygrid.fabric.vo_image) staged it, the VM is started only while the file is the bytes
+            its provenance record vouches for (re-hashed when its size or mtime moved); otherwise the
+            start fails naming the file.
         type: str
       volume:
         description: An existing volume to attach as is (not deleted with the VM).

@@ -31,8 +31,17 @@ description:
     C(+), so two images never share a name); then the pool is refreshed.
   - Any refusal leaves nothing under the final name and no partial file, except an interrupted
     download, which is kept in the staging directory and resumed by the next run.
+  - "A full pool filesystem: before downloading (also in check mode), the image's declared size is
+    compared with the space available in the pool's filesystem, and before converting a raw image, the
+    size C(qemu-img measure) gives; an image that does not fit fails naming the pool, its path, the bytes
+    needed and available, and changes nothing. If the filesystem fills up anyway (something else wrote
+    there meanwhile), the run fails the same way and removes its partial files rather than keeping them
+    for a resume, giving the space back to VMs that write on that filesystem; the images already
+    staged are untouched."
   - A volume already staged with the same VO, image id, version and sha512 is left alone
-    (C(changed=false)); its size and read-only mode are checked.
+    (C(changed=false)); its read-only mode is checked, and its bytes are re-hashed when its size or
+    mtime differs from its provenance record (a change is refused). M(skygrid.fabric.vm) makes the
+    same check before it starts a VM on a staged volume.
   - O(state=absent) removes the matching staged images (every version unless O(version) is given),
     refusing, and removing nothing, when a VM uses one (the error names the VMs).
   - O(prune=true) removes this VO's staged images of the same trust class that the current list
@@ -68,9 +77,13 @@ options:
     type: str
     required: true
   state:
-    description: V(present) stages the images, V(absent) removes them.
+    description:
+      - V(present) stages the images, V(absent) removes them.
+      - V(verify) re-hashes the staged images of O(vo) (those named by O(image)/O(images), default all)
+        against their provenance records, whatever their mtime, and fails naming each one whose bytes
+        changed or that is missing; it never removes anything (RV(verified)).
     type: str
-    choices: [present, absent]
+    choices: [present, absent, verify]
     default: present
   trust_class:
     description:
@@ -313,6 +326,15 @@ pruned:
   returned: always
   type: list
   elements: str
+verified:
+  description:
+    - With O(state=verify), one item per staged image checked - C(volume), C(status) (V(ok); V(changed) or
+      V(missing), which fail the task; V(unverifiable) for a converted image staged by a release that
+      kept no hash of the file, a warning) and C(detail).
+  returned: when O(state=verify)
+  type: list
+  elements: dict
+  sample: [{volume: "atlas+img+1.qcow2", status: ok, detail: "re-hashed: sha512 as staged"}]
 kept:
   description: Volumes O(prune) would have removed but kept because they are in use, with their users.
   returned: always
@@ -341,7 +363,7 @@ class VoImageModule(FabricModule):
         uri=dict(type="str", default="qemu:///system"),
         pool=dict(type="str", required=True),
         vo=dict(type="str", required=True),
-        state=dict(type="str", default="present", choices=["present", "absent"]),
+        state=dict(type="str", default="present", choices=["present", "absent", "verify"]),
         trust_class=dict(type="int", default=2, choices=[1, 2, 3]),
         allow_user_images=dict(type="bool", default=False),
         **image_selector_options(image_required=False),
@@ -374,6 +396,8 @@ class VoImageModule(FabricModule):
         params = self.params
         selectors = self.selectors()
         result = {"images": [], "removed": [], "pruned": [], "kept": []}
+        if params["state"] == "verify":
+            return dict(result, verified=self.verify(selectors))
         if params["state"] == "absent":
             if params["prune"]:
                 raise FabricError("goes with state present (it removes what the list no longer holds)", field="prune")
@@ -416,6 +440,19 @@ class VoImageModule(FabricModule):
             result["image"] = result["images"][0]
         self.warn_all(stager)
         return result
+
+    def verify(self, selectors):
+        if self.params["prune"]:
+            raise FabricError("goes with state present (it removes what the list no longer holds)", field="prune")
+        with connection(self.params["uri"]) as conn:
+            stager = self.stager(conn)
+            with self.lock(stager):
+                records = stager.matching_records(selectors) if selectors else stager.vo_records()
+                if selectors and not records:
+                    raise FabricError("no staged image of VO %s matches; nothing to verify" % stager.vo, field="image")
+                verified = stager.verify(records)
+        self.warn_all(stager)
+        return verified
 
     def verified_list(self):
         params = self.params

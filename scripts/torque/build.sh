@@ -7,11 +7,11 @@
 # Source: the upstream archive (github.com/adaptivecomputing/torque, branch 6.1.3) when it is reachable,
 # else the copy beside the checkout (../shared/third_party/torque/); either must match SHA256SUMS there.
 # Torque's source is never copied into the collection: it is unpacked into the build directory, patched
-# with scripts/torque/gcc12-null-pointers.patch, its build files regenerated with autoconf 2.69 (Debian 12's
-# 2.71 writes a configure that fails with "TORQUE needs pthreads"), built with make -j$(nproc) and installed
-# into the prefix. Both live outside the clone.
+# with the PATCHES below in order (gcc 12; a compute node may not claim another submit host), its build
+# files regenerated with autoconf 2.69 (Debian 12's 2.71 writes a configure that fails with "TORQUE needs
+# pthreads"), built with make -j$(nproc) and installed into the prefix. Both live outside the clone.
 #
-# A stamp in the prefix records the archive checksum and the checksums of the patch and of this script:
+# A stamp in the prefix records the archive checksum and the checksums of the patches and of this script:
 # a re-run with the same three does nothing (seconds), so CI on the same machine builds once.
 #
 # Environment: SKYGRID_TORQUE_PREFIX (default /opt/skygrid/torque-6.1.3), SKYGRID_TORQUE_BUILD_DIR (default
@@ -29,13 +29,17 @@ BUILD_DIR=${SKYGRID_TORQUE_BUILD_DIR:-/var/cache/skygrid/torque-build}
 PBS_HOME=${SKYGRID_TORQUE_HOME:-/var/spool/torque}
 SOURCE_DIR=${SKYGRID_TORQUE_SOURCE_DIR:-$CHECKOUT/../shared/third_party/torque}
 URL=${SKYGRID_TORQUE_URL-https://github.com/adaptivecomputing/torque/archive/refs/heads/$VERSION.tar.gz}
-PATCH=$HERE/gcc12-null-pointers.patch
+PATCHES=("$HERE/gcc12-null-pointers.patch" "$HERE/node-submit-host.patch")
 STAMP=$PREFIX/.skygrid-build-stamp
 DEPS=(g++ make pkg-config autoconf2.69 automake libtool libboost-dev libxml2-dev libssl-dev zlib1g-dev
   libreadline-dev libncurses-dev patch curl ca-certificates)
 CONFIGURE_OPTIONS=(--prefix="$PREFIX" --with-server-home="$PBS_HOME" --with-default-server=localhost
   --disable-gui --without-tcl --disable-cpuset --disable-cgroups --disable-gcc-warnings --without-pam
-  --disable-drmaa --with-sendmail=/bin/true)
+  --disable-drmaa --with-sendmail=/bin/true
+  # The programs find libtorque by their RUNPATH, whatever this host's ld.so.conf says: libtool leaves the
+  # RUNPATH out when the prefix's lib is already in ld.so.conf (a rebuild), and a pbs_mom copied into
+  # the VO image then misses libtorque there.
+  LDFLAGS="-Wl,-rpath,$PREFIX/lib")
 
 die() { echo "torque/build.sh: $*" >&2; exit 2; }
 log() { echo "==> $*"; }
@@ -54,7 +58,7 @@ expected_sum() {
 
 wanted_stamp() {
   printf 'archive %s\npatch %s\nscript %s\nprefix %s\nhome %s\n' "$(expected_sum)" \
-    "$(sha256sum <"$PATCH" | cut -d' ' -f1)" "$(sha256sum <"${BASH_SOURCE[0]}" | cut -d' ' -f1)" "$PREFIX" "$PBS_HOME"
+    "$(cat "${PATCHES[@]}" | sha256sum | cut -d' ' -f1)" "$(sha256sum <"${BASH_SOURCE[0]}" | cut -d' ' -f1)" "$PREFIX" "$PBS_HOME"
 }
 
 install_deps() {
@@ -98,8 +102,11 @@ build() {
   rm -rf "$src"
   tar -xzf "$archive" -C "$BUILD_DIR"
   [[ -d $src ]] || die "$archive has no torque-$VERSION/ folder"
-  log "patching ($(basename "$PATCH"))"
-  patch -s -p1 -d "$src" <"$PATCH"
+  local patch_file
+  for patch_file in "${PATCHES[@]}"; do
+    log "patching ($(basename "$patch_file"))"
+    patch -s -p1 -d "$src" <"$patch_file"
+  done
   log "regenerating the build files with autoconf 2.69"
   (
     cd "$src"

@@ -9,6 +9,7 @@ The tests share the converted site and run in this order, each leaving it as the
    and changes nothing; the run converts exactly the planned (idle) VMs to lhcb, the busy VM is not
    touched, the lhcb jobs run on the new VMs, and a second run right after changes nothing;
 3. the site is left as convert_worker_nodes makes it: a convert run afterwards changes nothing.
+   (In 2, a convert run on the all-atlas site changes nothing either: it keeps a rebalanced host's VMs.)
 
 Jobs are named ``sgrebal-*`` and cancelled before and after. Each VO's jobs go to its own cluster
 (docs/SECURITY.md), with no constraint and not held: a cluster whose VO has no VM yet refuses a constraint
@@ -199,6 +200,10 @@ def test_preemption_requeues_a_busy_vm_only_when_allowed(rebalance_site):
 def test_idle_atlas_vms_go_to_waiting_lhcb_jobs_and_busy_ones_stay(rebalance_site):
     current = all_atlas()
     names = sorted(current)
+    # A convert run on the site a rebalance made all atlas keeps its VMs, and starts no share-plan VM beside them.
+    rc, out = run_playbook("convert_worker_nodes")
+    assert_unchanged(rc, out, "convert on the site a rebalance made all atlas")
+    assert {name: vm["uuid"] for name, vm in slots().items()} == {name: vm["uuid"] for name, vm in current.items()}
     busy = names[0]  # the lowest: so the VMs left afterwards carry the names convert_worker_nodes gives
     long_job = submit("atlas", "busy", 900, "--nodelist=" + busy)
     wait_running(long_job, busy)

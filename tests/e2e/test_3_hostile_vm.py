@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_playbook, sh
+from sitebox import ROOT, run_playbook, sh
 from modrun import run_module
 
 NAME = "sghostile-atlas"

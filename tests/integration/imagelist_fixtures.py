@@ -6,7 +6,8 @@
   carrying the real CA's name issued by another *trusted* CA;
 * HEPiX image lists, signed the way ``openssl smime -sign`` does (detached, multipart/signed);
 * an HTTP server on 127.0.0.1 with Range support and per-path modes: ``cut`` (declares the full
-  length, sends half, closes), ``norange`` (ignores Range), ``nolength`` (no Content-Length).
+  length, sends half, closes), ``norange`` (ignores Range), ``nolength`` (no Content-Length), ``pause``
+  (sends half, then waits until the test sets ``resume``: a fault can be injected mid-download).
 """
 
 from __future__ import annotations
@@ -313,14 +314,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if mode == "cut":
             count = max(0, size // 2 - start)
         with open(path, "rb") as handle:
-            sent = 0
-            while sent < count:
-                done = self.connection.sendfile(handle, start + sent, count - sent)
-                if not done:
-                    break
-                sent += done
+            if mode == "pause":
+                half = max(0, size // 2 - start)
+                self._send(handle, start, half)
+                server.paused.set()
+                server.resume.wait(120)
+                self._send(handle, start + half, count - half)
+            else:
+                self._send(handle, start, count)
         if mode == "cut":  # close without sending the rest: the client sees a short read
             self.close_connection = True
+
+    def _send(self, handle, offset, count):
+        sent = 0
+        while sent < count:
+            done = self.connection.sendfile(handle, offset + sent, count - sent)
+            if not done:
+                break
+            sent += done
 
 
 class FileServer:
@@ -331,6 +342,8 @@ class FileServer:
         self.httpd.daemon_threads = True
         self.httpd.files = {}
         self.httpd.requests = []
+        self.httpd.paused = threading.Event()  # mode pause: half of the file was sent
+        self.httpd.resume = threading.Event()  # mode pause: send the rest
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -342,7 +355,7 @@ class FileServer:
         return "http://127.0.0.1:%d/%s" % (self.httpd.server_address[1], name)
 
     def add(self, name, path, mode="normal"):
-        """Serve file ``path`` at /``name``; ``mode`` normal, cut, norange or nolength."""
+        """Serve file ``path`` at /``name``; ``mode`` normal, cut, norange, nolength or pause."""
         self.httpd.files["/" + name] = (path, mode)
         return self.url(name)
 

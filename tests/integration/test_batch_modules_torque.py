@@ -185,33 +185,43 @@ def test_missing_commands_name_the_fix(torque):
     assert missing.failed and "command not found" in missing["msg"] and "delegate_to" in missing["msg"]
 
 
-VM_SUBMIT = """
+# Root in a VM node, from the node's own address, with its own host name and its own trqauthd (which vouches
+# for any user it likes). One line per attempt: "<attempt> rc=<exit code>".
+VM_ATTACKS = """
 hostname %(vm)s
 mount -t tmpfs tmpfs /tmp
 %(sbin)s/trqauthd -D >/dev/null 2>&1 &
 T=$!
 sleep 1
-echo 'sleep 1' | runuser -u %(user)s -- %(bin)s/qsub -N %(prefix)sjob -o /dev/null -j oe; echo "rc=$?"
-echo 'sleep 1' | runuser -u %(user)s -- %(bin)s/qsub -N %(prefix)sjob -o /dev/null -j oe -v PBS_O_HOST=%(host)s; echo "rc=$?"
+echo 'sleep 1' | runuser -u %(user)s -- %(bin)s/qsub -N %(prefix)sjob -o /dev/null -j oe >/dev/null
+echo "submit-from-the-node rc=$?"
+echo 'sleep 1' | runuser -u %(user)s -- %(bin)s/qsub -N %(prefix)sjob -o /dev/null -j oe -v PBS_O_HOST=%(host)s >/dev/null
+echo "submit-claiming-the-server-host rc=$?"
+echo 'sleep 1' | %(bin)s/qsub -N %(prefix)sjob -o /dev/null -j oe -v PBS_O_HOST=%(host)s >/dev/null
+echo "submit-as-root-claiming-the-server-host rc=$?"
+%(bin)s/pbsnodes -o -N %(prefix)shostile %(host)s >/dev/null
+echo "offline-the-server-hosts-node rc=$?"
+%(bin)s/qmgr -c "set node %(vm)s properties += lhcb" >/dev/null
+echo "give-itself-another-vos-property rc=$?"
 kill "$T"
 """
 
 
-def test_a_vm_node_can_submit_by_claiming_the_server_host(torque):
-    """Pins a limit of Torque's trust model that docs/BATCH.md states: pbs_server admits every node's connections
-    (acl_hosts "always allow myself and nodes") and checks a submission's host by PBS_O_HOST, which the client
-    sends. From the VM node's own address, with its own host name and its own trqauthd: a plain qsub is refused,
-    one that claims the server's host name is accepted. (And root in a VM runs its trqauthd, which vouches for
-    the user.)"""
+def test_root_in_a_vm_node_can_neither_submit_nor_administer(torque):
+    """Torque's trust model checks a submission's host by PBS_O_HOST, which the client sends, and pbs_server
+    admits every node's connections (acl_hosts "always allow myself and nodes"). Unpatched, a VM node that
+    claimed the server's host name had its job accepted; scripts/torque/node-submit-host.patch refuses a job
+    from a compute node that claims another host. Every attempt of root in the VM node fails, and the server's
+    node and the VM node's properties are unchanged (docs/SECURITY.md carries the table)."""
     add_vm_node()
-    script = VM_SUBMIT % {"vm": VM, "sbin": BIN.replace("/bin", "/sbin"), "bin": BIN, "user": USER, "prefix": PREFIX,
-                          "host": HOST}
-    proc = sh("timeout", "60", "ip", "netns", "exec", "sgtrq", "unshare", "-m", "-u", "bash", "-c", script)
-    lines = proc.stdout.split()
-    assert lines[0] == "rc=177" and "ruserok failed validating %s/%s from %s" % (USER, USER, VM) in proc.stderr
-    job = lines[1]
-    assert lines[2] == "rc=0" and job.endswith("." + HOST), proc.stdout + proc.stderr
-    # the server keeps the real submit host beside the claimed one: the forgery shows in the record
-    assert job_field(job, "submit_host") == VM and "PBS_O_HOST=%s," % HOST in job_field(job, "Variable_List")
-    tq("qdel", "-p", job)
+    script = VM_ATTACKS % {"vm": VM, "sbin": BIN.replace("/bin", "/sbin"), "bin": BIN, "user": USER,
+                           "prefix": PREFIX, "host": HOST}
+    proc = sh("timeout", "90", "ip", "netns", "exec", "sgtrq", "unshare", "-m", "-u", "bash", "-c", script)
+    outcome = dict(line.split(" rc=") for line in proc.stdout.splitlines() if " rc=" in line)
+    print("\n".join("%-42s %s" % (attempt, "blocked" if rc != "0" else "ALLOWED") for attempt, rc in outcome.items()))
+    assert len(outcome) == 5 and all(rc != "0" for rc in outcome.values()), proc.stdout + proc.stderr
+    assert "ruserok failed validating %s/%s from %s" % (USER, USER, VM) in proc.stderr
+    assert proc.stderr.count("a compute node may not submit as another host") == 2, proc.stderr
+    assert not [job for job in tq("qselect").stdout.split() if job_field(job, "Job_Name") == PREFIX + "job"]
+    assert "offline" not in node_field(HOST, "state") and "lhcb" not in node_field(VM, "properties")
     ok(node(name=VM, state="absent", force=True))

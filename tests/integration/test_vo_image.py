@@ -528,6 +528,64 @@ def test_a_staged_volume_changed_on_disk_is_reported(env, pool):
            "it is writable")
 
 
+def read_record(volume):
+    with open(os.path.join(PROVENANCE, volume + ".provenance.json")) as handle:
+        return json.load(handle)
+
+
+def rewrite_last_byte(path):
+    """What a local intruder with write access does: change bytes, then put the mode back."""
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        last = handle.read(1)
+        handle.seek(-1, os.SEEK_END)
+        handle.write(bytes([last[0] ^ 0xFF]))
+    os.chmod(path, 0o444)
+
+
+def test_a_touched_volume_is_rehashed_once_and_its_new_mtime_recorded(env, pool):
+    url = env.publish("t.list", [env.entry("a1.qcow2", "img-a")])
+    staged = ok(run_module("vo_image", env.args(url, image="img-a")))["image"]
+    record = read_record(staged["volume"])
+    assert record["volume_sha512"] == record["sha512"] == sha512_of(staged["path"])  # a qcow2 is published as is
+    assert record["volume_mtime_ns"] == os.stat(staged["path"]).st_mtime_ns
+    os.utime(staged["path"], ns=(record["volume_mtime_ns"] + 10**9, record["volume_mtime_ns"] + 10**9))
+    again = ok(run_module("vo_image", env.args(url, image="img-a")))
+    assert again["changed"] is False
+    assert read_record(staged["volume"])["volume_mtime_ns"] == record["volume_mtime_ns"] + 10**9
+
+
+def test_bytes_changed_under_a_read_only_volume_refuse_converge_verify_and_vm_start(env, pool, lv):
+    url = env.publish("v.list", [env.entry("a1.qcow2", "img-a"), env.entry("b.raw", "img-b")])
+    images = ok(run_module("vo_image", env.args(url, images=[{"image": "img-a"}, {"image": "img-b"}])))["images"]
+    converted = read_record(images[1]["volume"])
+    assert converted["converted"] and converted["volume_sha512"] == sha512_of(images[1]["path"]) != converted["sha512"]
+    checked = ok(run_module("vo_image", env.args(state="verify")))
+    assert checked["changed"] is False
+    assert sorted((item["volume"], item["status"]) for item in checked["verified"]) == \
+        sorted((image["volume"], "ok") for image in images)
+    target = images[0]
+    rewrite_last_byte(target["path"])
+    assert os.path.getsize(target["path"]) == read_record(target["volume"])["volume_bytes"]  # only the bytes moved
+    failed(run_module("vo_image", env.args(url, image="img-a")), "image", "changed since it was staged",
+           "its sha512 is")
+    refused = failed(run_module("vo_image", env.args(state="verify")), "state", target["volume"], "stage them again")
+    statuses = {item["volume"]: item["status"] for item in refused["verified"]}
+    assert statuses == {target["volume"]: "changed", images[1]["volume"]: "ok"}
+    vm = {"uri": URI, "name": VM, "state": "running", "virt_type": "qemu", "memory_mb": 64,
+          "disks": [{"pool": POOL, "base_volume": target["volume"]}]}
+    failed(run_module("vm", vm), "disks[0].base_volume", "changed since it was staged", target["path"])
+    domain = lv.lookupByName(VM)
+    assert not domain.isActive()  # defined, never started on the changed bytes
+    ok(run_module("vm", dict(vm, state="absent")))
+    failed(run_module("vo_image", env.args(state="verify", image="no-such")), "image", "nothing to verify")
+    os.unlink(target["path"])
+    pool.refresh(0)
+    missing = failed(run_module("vo_image", env.args(state="verify", image="img-a")), "state", "is gone")
+    assert missing["verified"][0]["status"] == "missing"
+
+
 # ---------------------------------------------------------------- absent
 
 def test_absent_is_refused_while_a_vm_uses_the_image(env, pool, lv):

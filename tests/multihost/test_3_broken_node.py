@@ -1,6 +1,7 @@
-"""A worker node down on the day of the conversion: with mh-wn2's sshd stopped, the other worker nodes are
-converted, mh-wn2 is reported unreachable with nothing done to it (not drained, no lease, no VM), and a
-re-run after the repair converges it and changes nothing on the others."""
+"""A worker node broken on the day of the conversion: with mh-wn2's sshd stopped, or its libvirtd, the other
+worker nodes are converted, mh-wn2 is reported (unreachable, or failed with the reason) with nothing done to
+it (not drained, no lease, no VM), and a re-run after the repair converges it and changes nothing on the
+others."""
 
 from __future__ import annotations
 
@@ -14,21 +15,27 @@ pytestmark = pytest.mark.slow
 BROKEN = "mh-wn2"
 
 
-@pytest.fixture()
-def broken_node(site):
-    """mh-wn2 unreachable over SSH (its sshd stopped) for the test; `start` repairs it."""
+@pytest.fixture(params=["sshd", "libvirtd"])
+def broken_node(site, request):
+    """mh-wn2 with its sshd (unreachable) or its libvirtd stopped for the test; `start` repairs it."""
     rc, out = run_playbook("revert_worker_nodes")
     assert rc == 0, out[-3000:]
-    sh("bash", TESTBED, "down", BROKEN, "sshd")
-    yield BROKEN
+    sh("bash", TESTBED, "down", BROKEN, request.param)
+    yield request.param
     sh("bash", TESTBED, "start")
 
 
 def test_the_others_convert_and_a_rerun_after_the_repair_converges(broken_node):
     rc, out = run_playbook("convert_worker_nodes")
-    assert rc != 0, "a run with an unreachable node must not report success"
-    assert re.search(r"^%s\s*: ok=\d+\s+changed=\d+\s+unreachable=1" % re.escape(fqdn(BROKEN)), out, re.M), out[-3000:]
-    assert "UNREACHABLE!" in out and fqdn(BROKEN) in out  # reported with the reason (ssh's own message)
+    assert rc != 0, "a run with a broken node must not report success"
+    if broken_node == "sshd":
+        assert re.search(r"^%s\s*: ok=\d+\s+changed=\d+\s+unreachable=1" % re.escape(fqdn(BROKEN)), out, re.M), \
+            out[-3000:]
+        assert "UNREACHABLE!" in out and fqdn(BROKEN) in out  # reported with the reason (ssh's own message)
+    else:  # failed in the first play, before any node was drained, naming the cause and the fix
+        assert re.search(r"^%s\s*: ok=\d+\s+changed=0\s+unreachable=0\s+failed=1" % re.escape(fqdn(BROKEN)),
+                         out, re.M), out[-3000:]
+        assert "libvirt is installed on %s but does not answer" % fqdn(BROKEN) in out and "repair libvirtd" in out
     others = [host for host in WORKERS if host != BROKEN]
     for host in others:
         assert sorted(virsh(host, "list", "--name").split()) == sorted(SLOTS[host]), host
@@ -38,7 +45,7 @@ def test_the_others_convert_and_a_rerun_after_the_repair_converges(broken_node):
     assert not set(SLOTS[BROKEN]) & set(leases())
     assert not virsh(BROKEN, "list", "--all", "--name").split()
 
-    sh("bash", TESTBED, "start")  # the repair: its sshd back
+    sh("bash", TESTBED, "start")  # the repair: its sshd or libvirtd back
     rc, out = run_playbook("convert_worker_nodes")
     assert rc == 0, out[-4000:]
     assert sorted(virsh(BROKEN, "list", "--name").split()) == sorted(SLOTS[BROKEN])

@@ -688,6 +688,77 @@ def test_empty_file_becomes_a_database(db):
     assert report["leases"][0]["ip"] == "10.20.0.2" and len(rows(db)) == 1
 
 
+@pytest.mark.parametrize("lose", ["unlink", "truncate"])
+@pytest.mark.parametrize("check", [False, True])
+def test_a_lost_database_is_never_replaced_by_an_empty_one(db, lose, check):
+    """A database deleted or truncated to nothing (a bad restore, a full disk, a slip): its lock file is still
+    there, and an empty database in its place would hand wn1's address to wn-new."""
+    call(db, {"vmnet": NET}, "wn1")
+    if lose == "unlink":
+        os.unlink(db)
+    else:
+        os.truncate(db, 0)
+    listing = sorted(os.listdir(os.path.dirname(db)))
+    with raises("db", db, "missing" if lose == "unlink" else "empty", db + ".lock", "Restore the database from a backup",
+                "sqlite3 %s '.backup" % db, "Nothing was changed"):
+        call(db, {"vmnet": NET}, "wn-new", check=check)
+    assert sorted(os.listdir(os.path.dirname(db))) == listing
+    os.unlink(db + ".lock")  # the operator's deliberate fresh start
+    assert call(db, {"vmnet": NET}, "wn-new")[0]["leases"][0]["ip"] == "10.20.0.2"
+    assert os.path.exists(db + ".lock")
+
+
+def test_a_left_over_wal_also_marks_a_lost_database(db):
+    call(db, {"vmnet": NET}, "wn1")
+    os.unlink(db + ".lock")
+    os.unlink(db)
+    with open(db + "-wal", "wb") as handle:
+        handle.write(b"\0" * 32)
+    with raises("db", db + "-wal", "missing"):
+        call(db, {"vmnet": NET}, "wn2")
+
+
+def test_the_lock_file_marks_the_database_only_once_it_is_complete(db, monkeypatch):
+    """A first run killed while it creates the database leaves no lock file, so the next one may start afresh."""
+    from ansible_collections.skygrid.fabric.plugins.module_utils.ipam import store
+
+    def killed(self):
+        raise KeyboardInterrupt("killed")
+    real = store.LeaseStore.create
+    monkeypatch.setattr(store.WriterQueue, "create", killed)
+    with pytest.raises(KeyboardInterrupt):
+        call(db, {"vmnet": NET}, "wn1")
+    monkeypatch.undo()
+    assert store.LeaseStore.create is real and not os.path.exists(db + ".lock")
+    assert call(db, {"vmnet": NET}, "wn1")[0]["leases"][0]["ip"] == "10.20.0.2"
+
+
+def test_a_database_without_its_lock_file_gets_it_back(db):
+    call(db, {"vmnet": NET}, "wn1")
+    os.unlink(db + ".lock")
+    call(db, {"vmnet": NET}, "wn1", check=True)
+    assert os.path.exists(db + ".lock")
+
+
+def test_a_directory_in_place_of_the_database_is_reported(db):
+    os.mkdir(db)
+    with raises("db", db, "is a directory", "left exactly as it is", "Restore it from a backup"):
+        call(db, {"vmnet": NET}, "wn1")
+    assert os.listdir(db) == []
+
+
+def test_busy_database_names_the_lock_files_and_the_fix(db):
+    call(db, {"vmnet": NET}, "wn1")
+    fd = _hold_queue(db)  # held by this process: /proc/locks names no other holder
+    try:
+        with raises("db", db + ".lock", "Nothing was changed", "fuser -v", "raise 'timeout'",
+                    "no holder found in /proc/locks"):
+            call(db, {"vmnet": NET}, "wn2", timeout=0.2)
+    finally:
+        os.close(fd)
+    assert [row[1] for row in rows(db)] == ["wn1"]
+
+
 def test_database_directory_is_created(tmp_path):
     path = str(tmp_path / "var" / "lib" / "skygrid" / "ipam.sqlite")
     call(path, {"vmnet": NET}, "wn1")

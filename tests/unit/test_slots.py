@@ -77,3 +77,48 @@ def test_batch_node_items_keep_what_batch_node_takes():
     assert all(set(item) <= {"name", "cores", "properties", "address"} for item in slurm)
     torque = batch_node_items(nodes, "torque")
     assert torque[0]["memory_mb"] == 4096 and len(torque) == len(plan)
+
+
+# ---------------------------------------------------------------- a host's slots after a rebalance
+
+EVEN = {"atlas": {"share": 50, "vm": {"vcpus": 1, "memory_mb": 512}},
+        "lhcb": {"share": 50, "vm": {"vcpus": 1, "memory_mb": 512}}}
+
+
+def vm(name, vo, host="wn1"):
+    return {"name": name, "metadata": {"vo": vo, "slot_host": host}}
+
+
+def test_the_existing_slots_of_the_shares_plan_are_that_plan():
+    plan = plan_slots("wn1", 4, 4096, EVEN)
+    existing = [vm(slot["name"], slot["vo"]) for slot in plan]
+    assert plan_slots("wn1", 4, 4096, EVEN, existing=existing) == plan
+
+
+def test_a_rebalanced_host_keeps_its_slots_and_gets_nothing_beside_them():
+    # A rebalance turned wn1-atlas-2 into wn1-lhcb-3: the shares would say 2 + 2, the host has 1 + 3.
+    existing = [vm("wn1-atlas-1", "atlas"), vm("wn1-lhcb-1", "lhcb"), vm("wn1-lhcb-2", "lhcb"), vm("wn1-lhcb-3", "lhcb")]
+    plan = plan_slots("wn1", 4, 4096, EVEN, existing=existing)
+    assert [(slot["name"], slot["vo"], slot["index"]) for slot in plan] == [
+        ("wn1-atlas-1", "atlas", 1), ("wn1-lhcb-1", "lhcb", 1), ("wn1-lhcb-2", "lhcb", 2), ("wn1-lhcb-3", "lhcb", 3)]
+
+
+def test_free_room_beside_kept_slots_goes_to_the_shares_under_new_names():
+    existing = [vm("wn1-lhcb-2", "lhcb"), vm("wn1-lhcb-3", "lhcb"), vm("wn1-lhcb-4", "lhcb")]
+    plan = plan_slots("wn1", 6, 8192, EVEN, existing=existing)
+    names = sorted(slot["name"] for slot in plan)
+    assert names == ["wn1-atlas-1", "wn1-atlas-2", "wn1-atlas-3", "wn1-lhcb-2", "wn1-lhcb-3", "wn1-lhcb-4"]
+    existing = [vm("wn1-lhcb-2", "lhcb")]
+    plan = plan_slots("wn1", 4, 4096, EVEN, existing=existing)
+    assert sorted(slot["name"] for slot in plan) == ["wn1-atlas-1", "wn1-atlas-2", "wn1-lhcb-1", "wn1-lhcb-2"]
+
+
+def test_kept_slots_must_still_fit_have_a_share_and_be_this_hosts():
+    existing = [vm("wn1-alice-1", "alice"), vm("wn1-atlas-1", "atlas"), vm("wn1-atlas-2", "atlas"),
+                vm("wn1-atlas-3", "atlas"), vm("wn2-atlas-1", "atlas", host="wn2"), {"name": "desktop", "metadata": {}}]
+    plan = plan_slots("wn1", 2, 4096, EVEN, existing=existing)  # room for 2: the first two atlas slots, by name
+    assert [slot["name"] for slot in plan] == ["wn1-atlas-1", "wn1-atlas-2"]
+    limited = dict(EVEN, atlas=dict(EVEN["atlas"], max_slots_per_host=1))
+    # a limit drops the kept slots beyond it; lhcb takes its share, not more (as without existing slots)
+    assert [slot["name"] for slot in plan_slots("wn1", 4, 4096, limited, existing=existing)] == \
+        ["wn1-atlas-1", "wn1-lhcb-1", "wn1-lhcb-2"]

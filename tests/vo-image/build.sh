@@ -256,6 +256,8 @@ if [[ -n $TORQUE_PREFIX ]]; then
   say "adding pbs_mom from $TORQUE_PREFIX"
   for f in "${TORQUE_FILES[@]}"; do install -D -m 0755 "$TORQUE_PREFIX/$f" "$ROOT$TORQUE_PREFIX/$f"; done
   ln -s libtorque.so.2.0.0 "$ROOT$TORQUE_PREFIX/lib/libtorque.so.2"
+  echo "$TORQUE_PREFIX/lib" >"$ROOT/etc/ld.so.conf.d/skygrid-torque.conf"  # also for a build without RUNPATH
+  chroot "$ROOT" ldconfig
   for f in pbs_mom momctl; do ln -sfn "$TORQUE_PREFIX/sbin/$f" "$ROOT/usr/local/sbin/$f"; done
   TH=$ROOT/var/spool/torque
   mkdir -p "$TH"/{mom_priv/jobs,spool,undelivered,checkpoint,aux,mom_logs,job_logs}

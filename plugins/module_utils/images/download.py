@@ -6,7 +6,6 @@ computed on the way, and the kernel starts writing to disk while data is still a
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.client
 import os
@@ -16,7 +15,7 @@ import threading
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
-from ansible_collections.skygrid.fabric.plugins.module_utils.images.pool_store import unlink_if_present
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.pool_store import is_no_space, unlink_if_present
 
 CHUNK = 4 * 1024 * 1024
 WRITEBACK_WINDOW = 32 * 1024 * 1024
@@ -225,9 +224,10 @@ def _stream_into(stream, partial, offset, size, hasher, url, field, chunk, decla
             finally:
                 sink.close()
         except (OSError, http.client.HTTPException, socket.timeout) as exc:
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise FabricError("no space left writing %s: free space in the pool's filesystem (%s bytes needed)"
-                                  % (partial, size), field="pool")
+            if is_no_space(exc):  # the pool's filesystem is full: give its space back (VMs may write there)
+                out.close()
+                unlink_if_present(partial)
+                raise
             raise FabricError("the download of %s was interrupted at %d of %d bytes (%s); the partial download is "
                               "kept and the next run resumes it" % (url, offset + sink.written, size,
                                                                     exc or type(exc).__name__), field=field)

@@ -6,7 +6,9 @@ raw, no qcow2 naming a backing or data file, virtual size capped), ``qemu-img co
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -78,6 +80,18 @@ def inspect(path, declared_format, url, field="image", max_virtual_size=DEFAULT_
     return {"format": fmt, "virtual_size": info.get("virtual-size")}
 
 
+def qcow2_bytes(src, url, field="image"):
+    """The bytes ``qemu-img convert`` will write turning the raw file ``src`` into a qcow2 (``qemu-img measure``:
+    the data it holds plus metadata; holes cost nothing)."""
+    proc = subprocess.run([qemu_img(), "measure", "--output=json", "-f", "raw", "-O", "qcow2", src],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, preexec_fn=_info_limits,
+                          timeout=INFO_CPU_SECONDS * 4)
+    if proc.returncode != 0:
+        raise FabricError("qemu-img measure cannot size the qcow2 of the raw image from %s: %s; nothing was staged"
+                          % (url, proc.stderr.decode("utf-8", "replace").strip()), field=field)
+    return int(json.loads(proc.stdout.decode("utf-8"))["required"])
+
+
 def convert_to_qcow2(src, dst, url, field="image"):
     """raw -> qcow2. Out-of-order writes (-W) and O_DIRECT output (-t none) keep the conversion from
     competing with the page cache it reads from; a filesystem without O_DIRECT gets a second try
@@ -90,5 +104,7 @@ def convert_to_qcow2(src, dst, url, field="image"):
         if proc.returncode == 0:
             return
     unlink_if_present(dst)
-    raise FabricError("converting the raw image from %s to qcow2 failed: %s"
-                      % (url, proc.stderr.decode("utf-8", "replace").strip()), field=field)
+    message = proc.stderr.decode("utf-8", "replace").strip()
+    if os.strerror(errno.ENOSPC) in message:  # qemu-img reports the errno's text: the caller names the pool
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
+    raise FabricError("converting the raw image from %s to qcow2 failed: %s" % (url, message), field=field)

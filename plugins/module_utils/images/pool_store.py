@@ -11,6 +11,11 @@ Layout of a pool directory ``P`` (type dir, fs or netfs)::
     P/.skygrid/provenance/<volume>.provenance.json   one record per published volume
     P/.skygrid/lists/<vo>.json               the newest image list accepted per list identifier (no replays)
 
+A full filesystem: staging checks the free space before it downloads (the image's declared size, less
+a partial download already there) and before it converts a raw image (``qemu-img measure``). When the
+filesystem fills anyway (something else wrote there meanwhile), the partial files are removed rather
+than kept for a resume: VMs whose overlays live on the same filesystem need that space back now.
+
 libvirt lists every entry of a directory pool as a volume, so the bookkeeping lives in one hidden
 subdirectory (listed as the single ``dir`` volume ``.skygrid``, whose files are not volumes). It is
 inside the pool directory, so it is on the same filesystem and a rename publishes atomically.
@@ -19,6 +24,7 @@ inside the pool directory, so it is on the same filesystem and a rename publishe
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -137,7 +143,42 @@ class PoolStore:
             return
         lists[identifier] = entry
         self.ensure_dirs()
-        write_json(self.lists_path(vo), lists)
+        try:
+            write_json(self.lists_path(vo), lists)
+        except OSError as exc:
+            if is_no_space(exc):
+                raise self.no_space(exc, "recording the accepted image list in %s (the images are staged; the "
+                                         "record only guards against a replayed older list)" % self.lists_path(vo))
+            raise
+
+    # -- space
+
+    def available(self):
+        """Free bytes on the pool's filesystem, not counting the blocks reserved for root (left to the system)."""
+        info = os.statvfs(self.path)
+        return info.f_bavail * info.f_frsize
+
+    def check_space(self, needed, what, outcome="Nothing was downloaded, written or changed"):
+        """Refuse ``what`` needing ``needed`` bytes the filesystem does not have, before it writes anything."""
+        free = self.available()
+        if needed > free:
+            raise FabricError("%s needs %d bytes (%s), but the filesystem of pool '%s' (%s) has %d bytes (%s) "
+                              "available. %s. Free at least %d bytes there (vo_image "
+                              "prune removes images the list no longer holds; state: absent removes others) or grow "
+                              "that filesystem, and run again"
+                              % (what, needed, _human(needed), self.name, self.path, free, _human(free), outcome,
+                                 needed - free), field="pool", needed=needed, available=free)
+
+    def no_space(self, exc, doing, needed=None):
+        """The error for a filesystem that filled up while ``doing``; the caller has removed its partial files."""
+        free = self.available()
+        return FabricError("the filesystem of pool '%s' (%s) filled up while %s (%s)%s; %d bytes (%s) are available "
+                           "now. Nothing was published for it and its partial files were removed; the images already "
+                           "in the pool are untouched. Free space there (vo_image prune removes images the list no "
+                           "longer holds) or grow that filesystem, and run again"
+                           % (self.name, self.path, doing, exc.strerror or exc,
+                              "" if needed is None else ", needing %d bytes (%s)" % (needed, _human(needed)), free,
+                              _human(free)), field="pool", available=free)
 
     def remove_record(self, volume):
         with contextlib.suppress(FileNotFoundError):
@@ -152,6 +193,19 @@ class PoolStore:
         return locks.volume_use(self.name, "pool", shared=False)
 
 
+def staged_record(pool, volume):
+    """``(path, record)`` of a volume vo_image staged into ``pool``, or None: a pool whose volumes are not
+    files here, or a volume no provenance record vouches for (not staged by vo_image)."""
+    try:
+        store = PoolStore(pool)
+    except FabricError:
+        return None
+    record = store.read_record(volume)
+    if not record:
+        return None
+    return store.volume_path(volume), record  # (a separate return: pylint inferred the one-line form as None only)
+
+
 def write_json(path, data):
     """Write ``data`` to ``path`` whole or not at all."""
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o644)
@@ -164,6 +218,17 @@ def fsync_path(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def is_no_space(exc):
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _human(size):
+    """1536 -> "1.5 KiB"."""
+    scale, unit = next((scale, unit) for scale, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, ""))
+                       if size >= scale or scale == 1)
+    return "%d bytes" % size if scale == 1 else "%.1f %s" % (size / scale, unit)
 
 
 def unlink_if_present(path):

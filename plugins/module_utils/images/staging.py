@@ -24,12 +24,13 @@ import os
 import socket
 import xml.etree.ElementTree as ET
 
-from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list
+from ansible_collections.skygrid.fabric.plugins.module_utils.images import image_list, integrity
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.download import LISTED, PINNED, download
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.formats import (
-    DEFAULT_MAX_VIRTUAL_SIZE, convert_to_qcow2, inspect)
+    DEFAULT_MAX_VIRTUAL_SIZE, convert_to_qcow2, inspect, qcow2_bytes)
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.names import check_title, name_part, normalise_format, normalise_sha512, volume_name
-from ansible_collections.skygrid.fabric.plugins.module_utils.images.pool_store import PoolStore, fsync_path, unlink_if_present
+from ansible_collections.skygrid.fabric.plugins.module_utils.images.pool_store import (
+    PoolStore, fsync_path, is_no_space, unlink_if_present)
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import storage
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
@@ -82,7 +83,7 @@ def _domain_uses(xml, pool_name, volume, path):
 
 def _short(record):
     """The provenance record without the fields that change every time it is written."""
-    return {key: value for key, value in record.items() if key not in ("staged_at", "host")}
+    return {key: value for key, value in record.items() if key not in ("staged_at", "host", "volume_mtime_ns")}
 
 
 class ImageStager:
@@ -184,6 +185,8 @@ class ImageStager:
             "source_format": source_format,
             "converted": source_format == "raw" if source_format else None,
             "volume_bytes": volume_bytes,
+            "volume_sha512": None,
+            "volume_mtime_ns": None,
             "list_id": listed.get("id"),
             "list_title": listed.get("title"),
             "list_uri": listed.get("uri"),
@@ -249,6 +252,7 @@ class ImageStager:
                                      item["version"], ", ".join(users)), field=field)
         planned = self.record_for(item)
         self.reconciler.record_diff(volume, _short(record) if record else None, _short(planned))
+        self._check_download_fits(item)  # in check mode too: it says the run would fail
         verb = "replace" if vol is not None else "stage"
         action = "%s %s/%s from %s (sha512 %s...)" % (verb, self.store.name, volume, item["uri"], item["sha512"][:16])
         staged = self.reconciler.act(action, self._stage, item)
@@ -262,19 +266,66 @@ class ImageStager:
             ("sha512", item["sha512"])))
 
     def _check_unchanged(self, record, path, field):
+        """The staged file is still read-only and the bytes its record vouches for (re-hashed when its size or
+        mtime moved); a re-hash that matches records the file's new mtime, so the next run need not hash."""
         try:
-            stat = os.stat(path)
+            mode = os.stat(path).st_mode
         except OSError as exc:
             raise FabricError("cannot read staged volume %s: %s" % (path, exc.strerror), field=field)
-        problems = []
-        if record.get("volume_bytes") is not None and stat.st_size != record["volume_bytes"]:
-            problems.append("its size is %d bytes, %d when staged" % (stat.st_size, record["volume_bytes"]))
-        if stat.st_mode & 0o222:
-            problems.append("it is writable (mode %04o)" % (stat.st_mode & 0o7777))
-        if problems:
-            raise FabricError("staged volume %s changed since it was staged (%s): it can no longer be trusted. Stop "
-                              "its VMs, remove it (state: absent) and stage it again" % (path, "; ".join(problems)),
-                              field=field)
+        if mode & 0o222:
+            integrity.refuse_changed(path, "it is writable (mode %04o)" % (mode & 0o7777), field)
+        self._verified(record, path, field, force=False)
+
+    def _verified(self, record, path, field, force):
+        status, detail, fresh = integrity.check(path, record, force=force)
+        if status in (integrity.CHANGED, integrity.MISSING):
+            integrity.refuse_changed(path, detail, field)
+        if status == integrity.UNVERIFIABLE:
+            self.store.warnings.append("%s: %s" % (path, detail))
+        if fresh:
+            self._refresh_record(record, fresh)
+        return status, detail
+
+    def _refresh_record(self, record, fresh):
+        """Record a verified file's new mtime: bookkeeping, not a change of the pool, so a full filesystem only
+        costs the next run a re-hash (the images already staged stay usable)."""
+        if self.reconciler.check_mode:
+            return
+        record.update(fresh)
+        try:
+            self.store.write_record(record)
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            self.store.warnings.append("could not record that %s was verified: the filesystem of pool '%s' is full "
+                                       "(%s); the next run hashes it again"
+                                       % (record["volume"], self.store.name, exc.strerror))
+
+    def verify(self, records, field="state"):
+        """Re-hash each record's file whatever its mtime. Returns one ``{volume, status, detail}`` per
+        record; raises naming every volume that changed or is missing (nothing is removed: the site decides)."""
+        results, bad = [], []
+        for record in records:
+            path = self.store.volume_path(record["volume"])
+            status, detail, fresh = integrity.check(path, record, force=True)
+            if status == integrity.OK and fresh:
+                self._refresh_record(record, fresh)
+            results.append({"volume": record["volume"], "status": status, "detail": detail})
+            if status in (integrity.CHANGED, integrity.MISSING):
+                bad.append("%s (%s)" % (record["volume"], detail))
+        if bad:
+            raise FabricError("%d staged image(s) of VO %s in pool %s are not what was staged: %s. Stop their VMs, "
+                              "remove them (state: absent) and stage them again"
+                              % (len(bad), self.vo, self.store.name, "; ".join(bad)), field=field, verified=results)
+        return results
+
+    def _check_download_fits(self, item):
+        """Fail before downloading an image the pool's filesystem clearly cannot hold (its declared size,
+        less what an interrupted download already wrote)."""
+        partial = self.store.partial_path(item["volume"], item["sha512"])
+        done = os.path.getsize(partial) if os.path.isfile(partial) else 0
+        self.store.check_space(max(item["size"] - done, 0), "image %s version %s (%d bytes declared%s)" % (
+            item["image_id"], item["version"], item["size"], ", %d already downloaded" % done if done else ""))
 
     def _stage(self, item):
         store = self.store
@@ -284,12 +335,21 @@ class ImageStager:
                 unlink_if_present(stale)
         partial = store.partial_path(item["volume"], item["sha512"])
         converted = os.path.join(store.staging, item["volume"] + ".tmp")
-        download(item["uri"], partial, item["size"], item["sha512"], item["field"], self.timeout, self.validate_certs,
-                 declared=LISTED if item["list"] else PINNED)
+        try:
+            download(item["uri"], partial, item["size"], item["sha512"], item["field"], self.timeout,
+                     self.validate_certs, declared=LISTED if item["list"] else PINNED)
+        except OSError as exc:  # only a full filesystem (download removed the partial); other errors are FabricErrors
+            if is_no_space(exc):
+                raise store.no_space(exc, "downloading image %s from %s" % (item["image_id"], item["uri"]),
+                                     item["size"]) from exc
+            raise
         try:
             found = inspect(partial, item["format"], item["uri"], item["field"], self.max_virtual_size)
             ready = partial
             if found["format"] == "raw":
+                store.check_space(qcow2_bytes(partial, item["uri"], item["field"]),
+                                  "converting raw image %s to qcow2" % item["image_id"],
+                                  "The downloaded raw image was removed and nothing was published")
                 convert_to_qcow2(partial, converted, item["uri"], item["field"])
                 unlink_if_present(partial)  # before the fsync below: its unwritten pages are dropped, not written
                 ready = converted
@@ -297,6 +357,9 @@ class ImageStager:
             fsync_path(ready)
             record = self.record_for(item, found["format"], os.path.getsize(ready))
             record["staged_at"] = image_list.format_time(self.clock())
+            # What VM starts and verify runs compare the published file with (images/integrity.py).
+            record["volume_sha512"] = integrity.file_sha512(ready) if ready == converted else item["sha512"]
+            record.update(integrity.fingerprint(ready))
             final = store.volume_path(item["volume"])
             if os.path.exists(final):
                 self._replace(ready, final, record, item)
@@ -304,9 +367,11 @@ class ImageStager:
                 store.write_record(record)
                 os.rename(ready, final)
                 fsync_path(store.path)
-        except Exception:
+        except Exception as exc:
             unlink_if_present(converted)
             unlink_if_present(partial)
+            if is_no_space(exc):
+                raise store.no_space(exc, "publishing image %s" % item["image_id"]) from exc
             raise
         unlink_if_present(partial)
         with libvirt_errors("refreshing storage pool '%s'" % store.name, "pool"):
@@ -332,12 +397,13 @@ class ImageStager:
 
     # ------------------------------------------------------------ absent and prune
 
+    def vo_records(self):
+        return [record for record in self.store.records() if record.get("vo") == self.vo]
+
     def matching_records(self, selectors):
         """Records of this VO matching any ``{"image", "version"}`` (identifier or title)."""
         found = []
-        for record in self.store.records():
-            if record.get("vo") != self.vo:
-                continue
+        for record in self.vo_records():
             for selector in selectors:
                 if selector["image"] in (record.get("image_id"), record.get("image_title")) and \
                         selector.get("version") in (None, record.get("image_version")):

@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 
+from ansible_collections.skygrid.fabric.plugins.module_utils import lock_holders
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 
 DEFAULT_DB = "/var/lib/skygrid/ipam.sqlite"
@@ -22,6 +23,8 @@ DEFAULT_TIMEOUT = 30.0
 APPLICATION_ID = 0x53474950  # "SGIP": marks a skygrid IPAM database
 SCHEMA_VERSION = 1
 SQLITE_MAGIC = b"SQLite format 3\x00"
+# How a backup to restore from is made (a copy of the file while a run writes may be torn).
+BACKUP_HINT = "one made with: sqlite3 %s '.backup <file>'"
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS pools (
@@ -75,14 +78,28 @@ class LeaseStore:
     # -- errors
     def corrupt(self, detail):
         return FabricError("%s is not a usable IPAM database (%s). It was left exactly as it is. Restore it from a "
-                           "backup, or move it away to start an empty database (every lease in it would be "
-                           "forgotten)" % (self.path, detail), field="db", path=self.path)
+                           "backup (%s), or move it away to start an empty database (every lease in it would be "
+                           "forgotten)" % (self.path, detail, BACKUP_HINT % self.path), field="db", path=self.path)
+
+    @property
+    def queue_path(self):
+        return self.path + ".lock"
+
+    def busy(self, doing):
+        """The error after waiting ``timeout`` for another writer: names the files and, when /proc/locks
+        tells, the processes holding them."""
+        files = [self.queue_path, self.path, self.path + "-wal", self.path + "-shm"]
+        holder = lock_holders.describe(files) or "no holder found in /proc/locks (another host, or it just let go)"
+        return FabricError("%s stayed locked by another run for more than %g s while %s (%s; writers queue on %s). "
+                           "Nothing was changed. Let that run finish, or stop it if it is stuck (fuser -v %s %s), "
+                           "then run again; raise 'timeout' if runs are only slow"
+                           % (self.path, self.timeout, doing, holder, self.queue_path, self.queue_path, self.path),
+                           field="db", path=self.path)
 
     def sqlite_error(self, exc, doing):
         """The FabricError for an sqlite3 error; other errors (a misuse of the API: a bug) come back as they are."""
         if _is_busy(exc):
-            return FabricError("%s stayed locked by another run for more than %.0f s while %s; raise 'timeout' or "
-                               "look for a stuck process holding it" % (self.path, self.timeout, doing), field="db")
+            return self.busy(doing)
         if isinstance(exc, sqlite3.OperationalError):
             return FabricError("cannot use %s while %s: %s; check that the file and its directory exist and are "
                                "writable by this user" % (self.path, doing, exc), field="db")
@@ -102,8 +119,12 @@ class LeaseStore:
         try:
             with open(self.path, "rb") as handle:
                 header = handle.read(100)
+        except IsADirectoryError:
+            raise self.corrupt("it is a directory, not a file")
         except OSError as exc:
-            raise FabricError("cannot read %s: %s" % (self.path, exc.strerror), field="db")
+            raise FabricError("cannot read %s: %s. Nothing was changed. Run as the user that owns it (uid %s), or "
+                              "restore its mode (0644) and its directory's" % (self.path, exc.strerror, _owner(self.path)),
+                              field="db", path=self.path)
         if header and (len(header) < 100 or not header.startswith(SQLITE_MAGIC)):
             raise self.corrupt("it is not an SQLite 3 file")
 
@@ -138,9 +159,24 @@ class LeaseStore:
         if rows != ["ok"]:
             raise self.corrupt("integrity check: %s" % "; ".join(str(r) for r in rows[:3]))
 
+    def _refuse_if_lost(self):
+        """A missing or empty file is a database still to create, unless files SQLite and the writers' queue
+        leave beside a database are there: then it was lost, and an empty one would hand out addresses
+        that are already leased."""
+        traces = [path for path in (self.queue_path, self.path + "-wal") if os.path.exists(path)]
+        if traces:
+            raise FabricError("%s is %s, but %s show%s that an IPAM database was in use here: starting an empty one "
+                              "would hand out addresses that VMs already hold. Nothing was changed. Restore the "
+                              "database from a backup (%s); only if no lease of it is in use any more, remove %s to "
+                              "start an empty database"
+                              % (self.path, "empty" if os.path.exists(self.path) else "missing", " and ".join(traces),
+                                 "" if len(traces) > 1 else "s", BACKUP_HINT % self.path, " and ".join(traces)),
+                              field="db", path=self.path)
+
     def open_existing(self):
         """A connection to the existing database, checked read-only; None when there is none yet."""
         if not self.exists():
+            self._refuse_if_lost()
             return None
         self._check_header()
         conn = self._connect()
@@ -155,7 +191,17 @@ class LeaseStore:
         except FabricError:
             conn.close()
             raise
+        self._mark()
         return conn
+
+    def _mark(self):
+        """The writers' queue file doubles as the trace that a database exists here (see _refuse_if_lost):
+        made again if it went missing (best effort: a reader without write access cannot)."""
+        if not os.path.exists(self.queue_path):
+            try:
+                WriterQueue(self.path, self.timeout).create()
+            except OSError:
+                pass
 
     def create(self):
         """Create (or finish creating) the database in WAL mode; safe when runs race to do it."""
@@ -168,6 +214,8 @@ class LeaseStore:
                     raise FabricError("cannot create directory %s: %s" % (directory, exc.strerror), field="db")
         if self.exists():
             self._check_header()
+        else:
+            self._refuse_if_lost()
         conn = self._connect()
         try:
             deadline = time.monotonic() + self.timeout
@@ -181,7 +229,6 @@ class LeaseStore:
                     if not _is_busy(exc) or time.monotonic() > deadline:
                         raise
                     time.sleep(0.01)
-            WriterQueue(self.path, self.timeout).create()
             if str(mode).lower() != "wal":
                 raise FabricError("%s cannot be put in WAL mode (it stays in '%s' mode); put it on a local file "
                                   "system" % (self.path, mode), field="db")
@@ -192,6 +239,7 @@ class LeaseStore:
                 conn.execute("PRAGMA application_id = %d" % APPLICATION_ID)
                 conn.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
             conn.execute("COMMIT")
+            WriterQueue(self.path, self.timeout).create()  # only now: it marks a database that exists
         except sqlite3.Error as exc:
             conn.close()
             raise self.sqlite_error(exc, "creating it")
@@ -207,6 +255,13 @@ class LeaseStore:
         for statement in SCHEMA:
             conn.execute(statement)
         return conn
+
+
+def _owner(path):
+    try:
+        return os.stat(path).st_uid
+    except OSError:
+        return "?"
 
 
 class _LockTimeout(Exception):

@@ -39,51 +39,77 @@ def validate_shares(vos):
     return total
 
 
-def plan_slots(host, cores, memory_mb, vos):
+def existing_slots(host, vms):
+    """``{name, vo}`` of the slot VMs ``host`` has now, from vm_info items (``{name, metadata}``) or
+    ``{name, vo}`` items: the VMs whose metadata names this host as their slot host."""
+    found = []
+    for vm in vms or []:
+        metadata = vm.get("metadata") or {}
+        vo = vm.get("vo") or metadata.get("vo")
+        if vo and metadata.get("slot_host", host) == host and str(vm.get("name", "")).startswith(host + "-"):
+            found.append({"name": vm["name"], "vo": vo})
+    return sorted(found, key=lambda slot: slot["name"])
+
+
+def plan_slots(host, cores, memory_mb, vos, existing=None):
     """Slots for ``host`` with ``cores``/``memory_mb`` free for VMs, split by ``vos``
     ({name: {share, vm: {vcpus, memory_mb}, max_slots_per_host}}).
 
     Each VO first gets the whole VMs its share of the cores and of the memory allows; what is left
     goes, one VM at a time, to the VO furthest below its share that still fits (ties: name order).
+
+    ``existing``: the host's slot VMs now (see existing_slots), which may differ from the shares' plan
+    after a rebalance moved some to another VO. Those of a VO that still has a share are kept, in name
+    order while they fit, and only the room left is split as above, under names not taken; so a convert
+    run after a rebalance neither undoes it nor starts the shares' VMs beside the rebalanced ones.
     """
     validate_shares(vos)
     names = sorted(name for name, vo in vos.items() if float(vo.get("share", 0)) > 0)
     sizes = {name: _vo_size(name, vos[name]) for name in names}
     limits = {name: vos[name].get("max_slots_per_host") for name in names}
-    counts = {}
-    free_cores, free_memory = int(cores), int(memory_mb)
+    counts = dict((name, 0) for name in names)
+    free = [int(cores), int(memory_mb)]
+    slots = []
+
+    def fits(name):
+        return sizes[name][0] <= free[0] and sizes[name][1] <= free[1] and \
+            (limits[name] is None or counts[name] < int(limits[name]))
+
+    def add(name, slot_name=None):
+        taken = set(slot["name"] for slot in slots)
+        index = _slot_index(host, name, slot_name) if slot_name else \
+            next(n for n in range(1, len(taken) + 2) if "%s-%s-%d" % (host, name, n) not in taken)
+        slots.append({"name": slot_name or "%s-%s-%d" % (host, name, index), "host": host, "vo": name,
+                      "index": index, "vcpus": sizes[name][0], "memory_mb": sizes[name][1]})
+        counts[name] += 1
+        free[0] -= sizes[name][0]
+        free[1] -= sizes[name][1]
+
+    for slot in existing_slots(host, existing):
+        if slot["vo"] in sizes and fits(slot["vo"]):
+            add(slot["vo"], slot["name"])
     for name in names:
         share = float(vos[name]["share"]) / 100.0
         vcpus, vm_memory = sizes[name]
-        count = min(int(cores * share // vcpus), int(memory_mb * share // vm_memory))
-        if limits[name] is not None:
-            count = min(count, int(limits[name]))
-        counts[name] = count
-        free_cores -= count * vcpus
-        free_memory -= count * vm_memory
+        wanted = min(int(cores * share // vcpus), int(memory_mb * share // vm_memory))
+        while counts[name] < wanted and fits(name):
+            add(name)
 
     def deficit(name):
-        used = counts[name] * sizes[name][0]
-        return float(vos[name]["share"]) / 100.0 * cores - used
+        return float(vos[name]["share"]) / 100.0 * cores - counts[name] * sizes[name][0]
 
     while True:
-        fitting = [name for name in names
-                   if sizes[name][0] <= free_cores and sizes[name][1] <= free_memory
-                   and (limits[name] is None or counts[name] < int(limits[name]))
-                   and deficit(name) > 0]
+        fitting = [name for name in names if fits(name) and deficit(name) > 0]
         if not fitting:
             break
-        chosen = max(fitting, key=lambda name: (deficit(name), -names.index(name)))
-        counts[chosen] += 1
-        free_cores -= sizes[chosen][0]
-        free_memory -= sizes[chosen][1]
-    slots = []
-    for name in names:
-        vcpus, vm_memory = sizes[name]
-        for index in range(1, counts[name] + 1):
-            slots.append({"name": "%s-%s-%d" % (host, name, index), "host": host, "vo": name,
-                          "index": index, "vcpus": vcpus, "memory_mb": vm_memory})
-    return slots
+        add(max(fitting, key=lambda name: (deficit(name), -names.index(name))))
+    return sorted(slots, key=lambda slot: (slot["vo"], slot["index"], slot["name"]))
+
+
+def _slot_index(host, vo, name):
+    """The number at the end of a slot's name (``<host>-<vo>-<n>``); 0 for a name of another shape."""
+    tail = name[len("%s-%s-" % (host, vo)):] if name.startswith("%s-%s-" % (host, vo)) else ""
+    return int(tail) if tail.isdigit() else 0
 
 
 def ip_pool_size(pool):

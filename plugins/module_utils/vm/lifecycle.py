@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 import xml.etree.ElementTree as ET
 
+from ansible_collections.skygrid.fabric.plugins.module_utils.images import integrity, pool_store
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import host, storage
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm.cloud_init import build_seed
@@ -265,6 +266,8 @@ class VmLifecycle:
             # Looked up when run: in check mode a VM that would be defined has no domain object.
             return lambda: getattr(plan.dom, method)(*args)
 
+        if now == "shutoff" and plan.state in ("running", "paused"):
+            self._verify_base_images(plan)
         with libvirt_errors("changing the run state of VM %s" % name, "state"):
             if plan.state == "running":
                 if now == "shutoff":
@@ -279,6 +282,23 @@ class VmLifecycle:
                     reconciler.act("pause VM %s" % name, domain_call("suspend"))
             elif plan.state == "shutdown" and now != "shutoff":
                 reconciler.act("shut down VM %s" % name, self._shutdown, plan)
+
+    def _verify_base_images(self, plan):
+        """Before a VM starts on a staged image: the image's file is still the bytes its provenance record
+        vouches for (re-hashed only when its size or mtime moved; images/integrity.py)."""
+        for index, disk in enumerate(plan.wanted["disks"]):
+            if not disk["base_volume"]:
+                continue
+            field = "disks[%d].base_volume" % index
+            staged = pool_store.staged_record(storage.pool_by_name(self.conn, disk["pool"], field), disk["base_volume"])
+            if staged is None:
+                continue  # not staged by vo_image (or not yet, in a check run): no record to hold it to
+            path, record = staged
+            status, detail, _fresh = integrity.check(path, record)
+            if status in (integrity.CHANGED, integrity.MISSING):
+                integrity.refuse_changed(path, detail, field)
+            if status == integrity.UNVERIFIABLE:
+                self.reconciler.warn("%s: %s" % (field, detail))
 
     def _shutdown(self, plan):
         dom, params = plan.dom, plan.params
