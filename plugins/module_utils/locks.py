@@ -82,31 +82,52 @@ def _open(path, field):
     return fd
 
 
+def open_lock(name, field, directory=None):
+    """Open (creating it) the lock file of ``name`` in the checked private directory: (fd, path)."""
+    directory = directory or default_dir()
+    _private_dir(directory, field)
+    path = lock_path(name, directory)
+    return _open(path, field), path
+
+
+def try_flock(fd, shared=False):
+    """Take the flock on ``fd`` if no one else holds it; False when another open file holds it."""
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+
+
+class Backoff:
+    """The pause between two tries of a busy lock, growing to ``longest`` seconds."""
+
+    def __init__(self, first=0.01, longest=0.5):
+        self.delay, self.longest = first, longest
+
+    def sleep(self, deadline=None):
+        """Pause, but not past ``deadline`` (a time.monotonic() value), so a timeout ends on time."""
+        time.sleep(self.delay if deadline is None else max(0, min(self.delay, deadline - time.monotonic())))
+        self.delay = min(self.delay * 2, self.longest)
+
+
 @contextlib.contextmanager
 def held(name, timeout, field, what, shared=False, directory=None):
     """Hold the lock ``name`` (exclusive, or ``shared``) for the ``with`` block; wait at most ``timeout``
     seconds for it. ``what`` says in an error who holds it (for example "another vo_image run on pool x")."""
-    directory = directory or default_dir()
-    _private_dir(directory, field)
-    path = lock_path(name, directory)
-    fd = _open(path, field)
+    fd, path = open_lock(name, field, directory)
     try:
         deadline = time.monotonic() + timeout
-        delay = 0.01
-        while True:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
+        backoff = Backoff()
+        while not try_flock(fd, shared):
             if time.monotonic() >= deadline:
                 holder = lock_holders.describe([path], writers_only=False)
                 raise FabricError("waited %d s for %s to finish (lock %s%s) and gave up; if no such run is going on, "
                                   "find the process holding it (fuser -v %s) and stop it"
                                   % (timeout, what, path, ", " + holder if holder else "", path), field=field)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            backoff.sleep(deadline)
         yield path
     finally:
         os.close(fd)  # closing drops the flock

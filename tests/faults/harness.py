@@ -1,8 +1,8 @@
 """Fault injection on the site in a box: kill a playbook at a task, restart a daemon in the middle of a
-run, kill a VM's QEMU; then re-run, check that the site converges (the run after the repair run changes
+run, kill a VM's QEMU, start two playbooks at once; then re-run, check that the site converges (the run after the repair run changes
 nothing) and that a final revert leaves nothing behind.
 
-    .venv/bin/python tests/faults/harness.py [--points all|sample|NAME,...] [--list] [--log-dir DIR]
+    .venv/bin/python tests/faults/harness.py [--points all|sample|concurrent|NAME,...] [--list] [--log-dir DIR]
 
 Each fault prints one line ``fault=... point=... outcome=... leaked=...``; the campaign ends with
 ``N faults, M converged, K leaked``. Exit status 0 only when every fault converged and nothing leaked.
@@ -40,11 +40,12 @@ VO_SLURM_CONFS = "/etc/slurm/vo"
 
 class Fault:
     """One fault: ``kind`` is kill (SIGKILL the playbook when ``task`` starts), restart (a daemon, when
-    ``task`` starts, the run going on) or qemu (kill a slot VM's QEMU between runs)."""
+    ``task`` starts, the run going on), qemu (kill a slot VM's QEMU between runs) or concurrent (the
+    playbook and ``other`` started at the same moment)."""
 
-    def __init__(self, name, playbook, kind, task=None, delay=1.0, daemon=None):
+    def __init__(self, name, playbook, kind, task=None, delay=1.0, daemon=None, other=None):
         self.name, self.playbook, self.kind, self.task = name, playbook, kind, task
-        self.delay, self.daemon = delay, daemon
+        self.delay, self.daemon, self.other = delay, daemon, other
 
 
 FAULTS = [
@@ -71,7 +72,13 @@ FAULTS = [
     Fault("convert-restart-slurmctld", "convert_worker_nodes", "restart", "Register every slot", 0.2, "slurmctld"),
     Fault("revert-restart-libvirtd", "revert_worker_nodes", "restart", "Remove the slot VMs", 0.2, "libvirtd"),
     Fault("converted-qemu-killed", "convert_worker_nodes", "qemu"),
+    Fault("concurrent-convert-rebalance", "convert_worker_nodes", "concurrent", other="rebalance"),
+    Fault("concurrent-convert-convert", "convert_worker_nodes", "concurrent", other="convert_worker_nodes"),
+    Fault("concurrent-rebalance-while-leasing", "convert_worker_nodes", "concurrent", "Lease an address",
+          other="rebalance"),
 ]
+CONCURRENT = ("concurrent-convert-rebalance", "concurrent-convert-convert", "concurrent-rebalance-while-leasing")
+WAITING = re.compile(r"^run_lock: another run holds the fabric lock of (\S+): (\S+), pid (\d+)", re.M)
 SAMPLE = ("convert-vm-start", "revert-vms")
 
 
@@ -86,7 +93,7 @@ def run_faulted(fault, log):
         time.sleep(fault.delay)
         if fault.kind == "kill":
             try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the playbook, its workers and the module processes
+                os.killpg(proc.pid, signal.SIGKILL)  # the playbook (its workers are in sessions of their own)
             except ProcessLookupError:
                 return
         else:
@@ -101,6 +108,113 @@ def run_faulted(fault, log):
             threading.Thread(target=inject, daemon=True).start()
     proc.wait()
     return proc.returncode, "".join(lines), injected.is_set()
+
+
+def run_together(playbooks, log, when=None):
+    """Start two playbooks at the same moment, or the second when the task ``when`` starts in the first;
+    returns one (rc, [(seconds since the first started, line)]) each."""
+    started = time.monotonic()
+    procs, lines, go = [], ([], []), threading.Event()
+
+    def read(index):
+        for line in procs[index].stdout:
+            lines[index].append((time.monotonic() - started, line))
+            if index == 0 and when and line.startswith("TASK [") and when in line:
+                go.set()
+        go.set()  # the first run ended before the task: start the second anyway
+
+    readers = []
+    for index, name in enumerate(playbooks):
+        if index and when:
+            go.wait()
+        procs.append(subprocess.Popen(playbook_command(name), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, env=playbook_env(), cwd=ROOT, start_new_session=True))
+        readers.append(threading.Thread(target=read, args=(index,)))
+        readers[-1].start()
+    for reader in readers:
+        reader.join()
+    for name, proc, timed in zip(playbooks, procs, lines):
+        proc.wait()
+        log.write("---- %s (pid %d, rc %d) of %s, the second started %s\n"
+                  % (name, proc.pid, proc.returncode, " and ".join(playbooks),
+                     "when %r started in the first" % when if when else "at the same moment"))
+        log.write("".join("%7.1f %s" % (at, line) for at, line in timed))
+    return [(proc.returncode, timed) for proc, timed in zip(procs, lines)]
+
+
+def waits(timed):
+    """How a run waited for the run lock: [(host, holder's playbook, holder's pid, seconds waited)]; the wait
+    ends with the next line the run prints (the lock task's result)."""
+    found = []
+    for index, (at, line) in enumerate(timed):
+        match = WAITING.match(line)
+        if match:
+            ended = next((later for later, text in timed[index + 1:] if text.strip()), at)
+            found.append((match.group(1), match.group(2), int(match.group(3)), ended - at))
+    return found
+
+
+def duplicates():
+    """What two runs at once must never leave: a slot leased or reserved twice, an address or MAC given to
+    two slots, a slot VM's QEMU running twice, a lease without its VM or a VM without its lease."""
+    problems = []
+    vms = set(slot_vms())
+    if os.path.exists(IPAM_DB):
+        with sqlite3.connect("file:%s?mode=ro" % IPAM_DB, uri=True) as db:
+            rows = db.execute("SELECT owner, ip, mac FROM leases").fetchall()
+        slot_rows = [row for row in rows if SLOT.match(row[0])]
+        for column, what in ((0, "slot"), (1, "address"), (2, "MAC")):
+            problems += ["%s %s leased %d times" % (what, value, count) for value, count in
+                         _counts(row[column] for row in rows).items() if count > 1]
+        leased = {row[0] for row in slot_rows}
+        problems += ["lease without a VM: %s" % name for name in sorted(leased - vms)]
+        problems += ["VM without a lease: %s" % name for name in sorted(vms - leased)]
+    xml = sh("virsh", "-c", "qemu:///system", "net-dumpxml", NETWORK, check=False).stdout
+    hosts = re.findall(r"<host ([^>]*)/?>", xml)
+    for attribute, what in (("name", "slot"), ("ip", "address"), ("mac", "MAC")):
+        values = [found.group(1) for found in (re.search(r"%s='([^']+)'" % attribute, host) for host in hosts) if found]
+        problems += ["%s %s reserved %d times in %s" % (what, value, count, NETWORK)
+                     for value, count in _counts(values).items() if count > 1]
+    qemus = sh("pgrep", "-a", "-f", "qemu-system", check=False).stdout
+    guests = re.findall(r"-name guest=([^,\s]+)", qemus)
+    problems += ["slot VM %s runs in %d QEMU processes" % (name, count) for name, count in _counts(guests).items()
+                 if count > 1 and SLOT.match(name)]
+    problems += ["slot node %s registered %d times" % (name, count) for name, count in _counts(batch_nodes()).items()
+                 if count > 1]
+    return problems
+
+
+def _counts(values):
+    counts = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
+def concurrent(fault, log):
+    """The fault's playbook and ``fault.other`` at once (or ``other`` when ``task`` starts in the first): both
+    must succeed, one after the other (the later one says which run it waited for), and leave no duplicate;
+    then a convert changes nothing."""
+    playbooks = (fault.playbook, fault.other)
+    results = run_together(playbooks, log, fault.task)
+    failed = [name for name, (rc, _timed) in zip(playbooks, results) if rc]
+    if failed:
+        return "failed", "%s failed (see the log)" % " and ".join(failed)
+    waited = ["%s waited %.0f s for %s (pid %d) on %s" % (name, seconds, holder, pid, host)
+              for name, (_rc, timed) in zip(playbooks, results) for host, holder, pid, seconds in waits(timed)]
+    spans = [(timed[0][0], timed[-1][0]) for _rc, timed in results]
+    one_after_other = spans[0][1] <= spans[1][0] or spans[1][1] <= spans[0][0]
+    if not waited and not one_after_other:
+        return "not-serialised", "the runs overlapped and neither waited for the run lock"
+    found = duplicates()
+    if found:
+        return "duplicated", "; ".join(found)[:600]
+    rc, out = run_playbook("convert_worker_nodes", "--diff")
+    log.write(out)
+    changed = changed_tasks(out)
+    if rc or recap(out)[1] or changed:
+        return "not-converged", "the convert after them changed: %s" % "; ".join(changed)[:600]
+    return "converged", "; ".join(waited) or "one ran after the other"
 
 
 def restart_daemon(daemon):
@@ -168,6 +282,8 @@ def prepare(fault):
 
 def inject_and_recover(fault, log):
     """The fault, then the repair run and the check run. Returns (outcome, detail)."""
+    if fault.kind == "concurrent":
+        return concurrent(fault, log)
     if fault.kind == "qemu":
         vms = slot_vms()
         if not vms:
@@ -234,7 +350,10 @@ def campaign(names, log_dir):
             log.write(out)
             leaked = leftovers() if rc == 0 else {"revert": ["failed"]}
         line = "fault=%s point=%s:%r outcome=%s leaked=%d%s" % (
-            fault.kind if not fault.daemon else "restart-" + fault.daemon, fault.playbook, fault.task or "between runs",
+            fault.kind if not fault.daemon else "restart-" + fault.daemon,
+            fault.playbook + ("+" + fault.other if fault.other else ""),
+            ("%s, %s started" % (fault.task, fault.other) if fault.task and fault.other else
+             fault.task or ("at once" if fault.other else "between runs")),
             outcome, sum(len(items) for items in leaked.values()),
             " (%s)" % "; ".join("%s: %s" % (kind, ", ".join(items)) for kind, items in leaked.items()) if leaked else "")
         print(line + (" - " + detail if detail else ""), flush=True)
@@ -250,16 +369,18 @@ def campaign(names, log_dir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", default="all", help="all, sample, or fault names separated by commas")
+    parser.add_argument("--points", default="all",
+                        help="all, sample, concurrent, or fault names separated by commas")
     parser.add_argument("--list", action="store_true", help="list the faults and exit")
     parser.add_argument("--log-dir", default=os.path.join(ROOT, "tests", "output", "faults"))
     args = parser.parse_args()
     if args.list:
         for fault in FAULTS:
-            print("%-28s %-22s %-8s %s" % (fault.name, fault.playbook, fault.kind, fault.task or ""))
+            other = "with %s%s" % (fault.other, " at %s" % fault.task if fault.task else "") if fault.other else ""
+            print("%-36s %-22s %-10s %s" % (fault.name, fault.playbook, fault.kind, other or fault.task or ""))
         return 0
-    names = ([fault.name for fault in FAULTS] if args.points == "all" else
-             SAMPLE if args.points == "sample" else args.points.split(","))
+    names = ([fault.name for fault in FAULTS] if args.points == "all" else SAMPLE if args.points == "sample" else
+             CONCURRENT if args.points == "concurrent" else args.points.split(","))
     unknown = set(names) - {fault.name for fault in FAULTS}
     if unknown:
         parser.error("unknown faults: %s (see --list)" % ", ".join(sorted(unknown)))
