@@ -84,8 +84,10 @@ molecule:
 e2e:
 	pytest -q tests/e2e
 
-# The fault campaign (tests/faults/harness.py, docs/RELIABILITY.md): every kill point, daemon restart
-# and QEMU kill; `make test` runs a sample of it (faults-sample).
+# The fault campaign (tests/faults/harness.py, docs/RELIABILITY.md): every kill point, daemon restart,
+# QEMU kill and two runs at once; `make test` runs a sample of it (faults-sample: two kill points and
+# the concurrent runs). The store faults (a full image pool, a busy or damaged IPAM database) are in
+# make integration (tests/integration/test_fault_*.py).
 faults: testbed guest
 	python tests/faults/harness.py --points all
 
