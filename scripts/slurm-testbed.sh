@@ -281,11 +281,14 @@ start_slurm() {
     /usr/sbin/slurmd
   fi
   wait_for 60 "slurmd $NODE to register" node_ready "$NODE"
-  # A node left drained or down by an earlier run (or a restart) goes back to service.
-  local state
+  # A node left drained or down by an earlier run (or a restart) goes back to service - unless the fabric
+  # drained it on purpose: a converted VM host stays out (its note names skygrid.fabric).
+  local state reason
   state=$(sinfo -h -N -n "$NODE" -o '%T' | head -n1)
+  reason=$(sinfo -h -N -n "$NODE" -o '%E' | head -n1)
   case $state in
-    drain* | down*) scontrol update nodename="$NODE" state=resume ;;
+    drain* | down*)
+      if [[ $reason != *skygrid.fabric* ]]; then scontrol update nodename="$NODE" state=resume; fi ;;
   esac
 }
 
