@@ -43,9 +43,9 @@ def test_the_others_convert_and_a_rerun_after_the_repair_converges(broken_node):
     # nothing half-done on the broken node: still in service in the batch system, no lease, no VM
     assert node_state(BROKEN).rstrip("*") in ("idle", "mixed", "allocated")
     assert not set(SLOTS[BROKEN]) & set(leases())
-    assert not virsh(BROKEN, "list", "--all", "--name").split()
 
     sh("bash", TESTBED, "start")  # the repair: its sshd or libvirtd back
+    assert not virsh(BROKEN, "list", "--all", "--name").split()  # no VM was defined on it meanwhile
     rc, out = run_playbook("convert_worker_nodes")
     assert rc == 0, out[-4000:]
     assert sorted(virsh(BROKEN, "list", "--name").split()) == sorted(SLOTS[BROKEN])
