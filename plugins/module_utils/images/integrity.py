@@ -79,3 +79,14 @@ def refuse_changed(path, detail, field):
     raise FabricError("staged volume %s changed since it was staged (%s): it can no longer be trusted. Stop its "
                       "VMs, remove it (skygrid.fabric.vo_image state: absent) and stage it again"
                       % (path, detail), field=field)
+
+
+def require_unchanged(path, record, field, warn):
+    """The cheap check of ``check`` for a file about to be used: raises when its bytes changed or it is
+    gone, passes an unverifiable one to ``warn``; returns the fingerprint to record after a re-hash (or None)."""
+    status, detail, fresh = check(path, record)
+    if status in (CHANGED, MISSING):
+        refuse_changed(path, detail, field)
+    if status == UNVERIFIABLE:
+        warn("%s: %s" % (path, detail))
+    return fresh

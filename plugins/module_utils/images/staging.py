@@ -274,17 +274,9 @@ class ImageStager:
             raise FabricError("cannot read staged volume %s: %s" % (path, exc.strerror), field=field)
         if mode & 0o222:
             integrity.refuse_changed(path, "it is writable (mode %04o)" % (mode & 0o7777), field)
-        self._verified(record, path, field, force=False)
-
-    def _verified(self, record, path, field, force):
-        status, detail, fresh = integrity.check(path, record, force=force)
-        if status in (integrity.CHANGED, integrity.MISSING):
-            integrity.refuse_changed(path, detail, field)
-        if status == integrity.UNVERIFIABLE:
-            self.store.warnings.append("%s: %s" % (path, detail))
+        fresh = integrity.require_unchanged(path, record, field, self.store.warnings.append)
         if fresh:
             self._refresh_record(record, fresh)
-        return status, detail
 
     def _refresh_record(self, record, fresh):
         """Record a verified file's new mtime: bookkeeping, not a change of the pool, so a full filesystem only
@@ -308,7 +300,7 @@ class ImageStager:
         for record in records:
             path = self.store.volume_path(record["volume"])
             status, detail, fresh = integrity.check(path, record, force=True)
-            if status == integrity.OK and fresh:
+            if fresh:  # only an OK re-hash gives one
                 self._refresh_record(record, fresh)
             results.append({"volume": record["volume"], "status": status, "detail": detail})
             if status in (integrity.CHANGED, integrity.MISSING):

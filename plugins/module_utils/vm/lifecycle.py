@@ -294,11 +294,7 @@ class VmLifecycle:
             if staged is None:
                 continue  # not staged by vo_image (or not yet, in a check run): no record to hold it to
             path, record = staged
-            status, detail, _fresh = integrity.check(path, record)
-            if status in (integrity.CHANGED, integrity.MISSING):
-                integrity.refuse_changed(path, detail, field)
-            if status == integrity.UNVERIFIABLE:
-                self.reconciler.warn("%s: %s" % (field, detail))
+            integrity.require_unchanged(path, record, field, self.reconciler.warn)
 
     def _shutdown(self, plan):
         dom, params = plan.dom, plan.params
