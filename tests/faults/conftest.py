@@ -9,6 +9,7 @@ if HERE not in sys.path:
 
 import pytest  # noqa: E402
 
+import harness  # noqa: E402
 from sitebox import start_site_in_a_box  # noqa: E402
 
 
@@ -16,3 +17,19 @@ from sitebox import start_site_in_a_box  # noqa: E402
 def site_ready():
     """Libvirt, Slurm and the demo's VO side (CA, endorsers, signed lists on 127.0.0.1), as make demo has them."""
     start_site_in_a_box()
+
+
+@pytest.fixture()
+def converged_campaign(tmp_path, capsys):
+    """Runs ``harness.campaign`` over the given faults and returns its printed report, having checked what
+    every campaign run must show: each fault ran, converged and leaked nothing, and no secret is in a log."""
+    def run(names):
+        results, hits = harness.campaign(names, str(tmp_path))
+        report = capsys.readouterr().out
+        print(report)
+        assert [result[0].name for result in results] == list(names)
+        assert all(result[1] == "converged" for result in results), report
+        assert all(not result[2] for result in results), report
+        assert not hits, report
+        return report
+    return run

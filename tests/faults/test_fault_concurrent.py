@@ -7,14 +7,8 @@ from __future__ import annotations
 import harness
 
 
-def test_two_runs_at_once_wait_for_each_other_and_duplicate_nothing(tmp_path, capsys):
-    results, hits = harness.campaign(harness.CONCURRENT, str(tmp_path))
-    report = capsys.readouterr().out
-    print(report)
-    assert [result[0].name for result in results] == list(harness.CONCURRENT)
-    assert all(result[1] == "converged" for result in results), report
-    assert all(not result[2] for result in results), report
+def test_two_runs_at_once_wait_for_each_other_and_duplicate_nothing(converged_campaign):
+    report = converged_campaign(harness.CONCURRENT)
     lines = [line for line in report.splitlines() if line.startswith("fault=concurrent")]
     # each pair: the later run named the one it waited for (or they happened not to overlap at all)
     assert all(" waited " in line or "one ran after the other" in line for line in lines), report
-    assert not hits, report

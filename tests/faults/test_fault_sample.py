@@ -7,11 +7,5 @@ from __future__ import annotations
 import harness
 
 
-def test_sample_of_faults_converges_and_leaks_nothing(tmp_path, capsys):
-    results, hits = harness.campaign(harness.SAMPLE, str(tmp_path))
-    report = capsys.readouterr().out
-    print(report)
-    assert [result[0].name for result in results] == list(harness.SAMPLE)
-    assert all(result[1] == "converged" for result in results), report
-    assert all(not result[2] for result in results), report
-    assert not hits, report
+def test_sample_of_faults_converges_and_leaks_nothing(converged_campaign):
+    converged_campaign(harness.SAMPLE)
