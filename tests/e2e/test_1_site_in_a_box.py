@@ -90,6 +90,30 @@ def test_convert_is_idempotent_and_runs_each_vo_job_in_its_vm(converted_site):
     assert "clean-traffic" in xml  # each VM may only use its leased address
 
 
+def boot_time(slot, vo):
+    """The VM's boot time as its slurmd last reported it to its VO's slurmctld."""
+    node = sh("scontrol", "-o", "show", "node", slot, vo=vo).stdout
+    return next((field.split("=", 1)[1] for field in node.split() if field.startswith("BootTime=")), "")
+
+
+def test_a_vm_started_again_rejoins_its_cluster(converted_site):
+    """A host's power cut (the VM destroyed), then libvirt starting it again (autostart after the host's reboot):
+    the VM's slurmd comes back by itself and the node is idle in its VO's cluster, with no converge run."""
+    vo, slot = VOS[0], SLOTS[0]
+    before = boot_time(slot, vo)
+    assert before, "scontrol reports no BootTime for %s" % slot
+    virsh("destroy", slot)
+    time.sleep(2)  # BootTime has a resolution of a second
+    assert slot in virsh("start", slot)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (boot_time(slot, vo) not in ("", before) and node_state(slot, vo) == "idle"):
+        time.sleep(2)
+    assert boot_time(slot, vo) != before, "%s's slurmd did not register again after the VM restarted" % slot
+    assert node_state(slot, vo) == "idle", "%s is %s after the VM restarted" % (slot, node_state(slot, vo))
+    rc, out = run_playbook("convert_worker_nodes")
+    assert_unchanged(rc, out, "a convert run after the VM restarted")
+
+
 def test_revert_leaves_nothing_behind(converted_site):
     rc, out = run_playbook("revert_worker_nodes")
     assert rc == 0, out[-3000:]

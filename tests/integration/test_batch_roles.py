@@ -155,11 +155,17 @@ def test_slurm_vm_user_data(tmp_path, munge_key, vo_domain):
     atlas = data["wn042-atlas-1"]
     files = by_path(atlas)
     assert sorted(files) == ["/etc/munge/munge.key", "/etc/systemd/system/slurmd.service.d/skygrid-dynamic.conf",
-                             "/etc/tmpfiles.d/skygrid-munge-vo.conf", "/usr/local/sbin/skygrid-slurm-join"]
+                             "/etc/tmpfiles.d/skygrid-munge-vo.conf", "/usr/local/sbin/skygrid-slurm-join",
+                             "/var/lib/cloud/scripts/per-boot/skygrid-slurm-join"]
     munge = files["/etc/munge/munge.key"]
     assert (munge["encoding"], munge["owner"], munge["permissions"]) == ("b64", "munge:munge", "0400")
     assert base64.b64decode(munge["content"]) == vo_key  # the VO's key, never the site's
-    assert atlas["runcmd"] == [["/usr/local/sbin/skygrid-slurm-join"]]
+    # Joined at every boot, the first included (cloud-init's per-boot scripts), never only once by runcmd:
+    # a VM started again after its host rebooted must rejoin.
+    assert "runcmd" not in atlas
+    hook = files["/var/lib/cloud/scripts/per-boot/skygrid-slurm-join"]
+    assert hook["permissions"] == "0755"
+    assert hook["content"].startswith("#!/bin/sh\n") and hook["content"].endswith("\nexec /usr/local/sbin/skygrid-slurm-join\n")
     dropin = files["/etc/systemd/system/slurmd.service.d/skygrid-dynamic.conf"]["content"].splitlines()
     assert "ConditionPathExists=" in dropin and "ExecStart=" in dropin
     assert "ExecStart=/usr/sbin/slurmd -D -s -Z -N wn042-atlas-1 --conf-server 10.20.0.1:6821" in dropin
@@ -292,7 +298,9 @@ def test_torque_vm_user_data(tmp_path):
         "$ideal_load 2.0",
     ]
     join = files["/usr/local/sbin/skygrid-torque-join"]
-    assert join["permissions"] == "0755" and data["runcmd"] == [["/usr/local/sbin/skygrid-torque-join"]]
+    assert join["permissions"] == "0755" and "runcmd" not in data
+    hook = files["/var/lib/cloud/scripts/per-boot/skygrid-torque-join"]
+    assert hook["permissions"] == "0755" and hook["content"].endswith("\nexec /usr/local/sbin/skygrid-torque-join\n")
     script_path = tmp_path / "join.sh"
     script_path.write_text(join["content"])
     assert subprocess.run(["sh", "-n", str(script_path)], check=False).returncode == 0
