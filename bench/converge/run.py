@@ -6,6 +6,9 @@
    host: same batch node, same slot names, so nothing changes), run as the playbook runs them (the
    converted nodes all at once) and with --forks 1 (one node after another, what `serial: 1` for every
    node cost before), against an empty play over the N names.
+3. The hypervisor packages, nothing missing (a site's converge with hypervisor_install_packages, the
+   default): the role's check (dpkg/rpm query, the package module only for what is missing) against
+   the package module over the same list, what the role ran before.
 
 Needs a converted site in a box (`make demo`); the run first converges it once and checks that a
 second run changes nothing. Prints the ratios; --json writes them.
@@ -29,6 +32,24 @@ LOCAL = os.path.join(ROOT, "inventories", "local")
 CONVERT = os.path.join(ROOT, "playbooks", "convert_worker_nodes.yml")
 CALLBACKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "callback_plugins")
 RECAP_CHANGED = re.compile(r"^\S+\s*: ok=\d+\s+changed=(\d+)", re.M)
+HYPERVISOR = os.path.join(ROOT, "roles", "hypervisor")
+PACKAGES_PLAY = """- name: The hypervisor packages, nothing missing
+  hosts: localhost
+  gather_facts: false
+  vars:
+    hypervisor_install_packages: true
+  tasks:
+    - name: The OS family's package list
+      ansible.builtin.include_vars: %(role)s/vars/Debian.yml
+    - name: The role's check
+      ansible.builtin.import_tasks: %(role)s/tasks/packages.yml
+      when: way == 'role'
+    - name: The package module alone
+      ansible.builtin.package:
+        name: "{{ hypervisor_os_packages }}"
+        state: present
+      when: way == 'package'
+""" % {"role": HYPERVISOR}
 EMPTY_PLAY = """- name: An empty play (facts and one ping)
   hosts: worker_nodes
   tasks:
@@ -113,6 +134,13 @@ def main():
         if changed(out):
             sys.exit("the %d-name converge changed %d tasks: not a no-op" % (args.hosts, changed(out)))
 
+        packages = os.path.join(workdir, "packages.yml")
+        with open(packages, "w") as handle:
+            handle.write(PACKAGES_PLAY)
+        package_role = median_of(args.repeat, lambda: playbook(LOCAL, packages, "-e", "way=role")[0])
+        package_module = median_of(args.repeat, lambda: playbook(LOCAL, packages, "-e", "way=package")[0])
+        package_none = median_of(args.repeat, lambda: playbook(LOCAL, packages, "-e", "way=none")[0])
+
         profile = None
         if args.profile:
             timer = os.path.join(workdir, "tasks.jsonl")
@@ -127,6 +155,9 @@ def main():
                        "noop_converge_one_at_a_time_s": round(many_serial, 2),
                        "ratio_to_empty": round(many_parallel / many_empty, 2),
                        "speedup_over_one_at_a_time": round(many_serial / many_parallel, 2)},
+        "packages_nothing_missing": {"play_without_check_s": round(package_none, 2),
+                                     "role_check_s": round(package_role, 2),
+                                     "package_module_s": round(package_module, 2)},
         "cpus": os.cpu_count(), "repeat": args.repeat,
     }
     print("one converted host, no-op converge %.2f s vs empty play %.2f s: %.1fx (target <= 5x: %s)"
@@ -134,6 +165,9 @@ def main():
     print("%d host names, no-op converge %.2f s in parallel, %.2f s one at a time (%.1fx faster); "
           "empty play %.2f s (%.1fx)"
           % (args.hosts, many_parallel, many_serial, many_serial / many_parallel, many_empty, many_parallel / many_empty))
+    print("hypervisor packages, nothing missing: the role's check %.2f s, the package module %.2f s "
+          "(each a play of %.2f s without either): %.2f s saved per converge"
+          % (package_role, package_module, package_none, package_module - package_role))
     if profile:
         rows, total = profile
         print("slowest of %d tasks in a no-op converge:" % total)
