@@ -176,6 +176,10 @@ def test_slurm_vm_user_data(tmp_path, munge_key, vo_domain):
     assert text.startswith("#!/bin/sh\n") and "NODE='wn042-atlas-1'" in text and "SERVER='10.20.0.1:6821'" in text
     assert "CONF=''" in text and "AUTH_SOCKET='/run/munge-vo/atlas/munge.socket.2'" in text
     check_script(tmp_path, text)
+    check_script(tmp_path, hook["content"])
+    # Run at every boot: without systemd, a slurmd that already runs has joined (nothing started twice).
+    no_systemd = text[text.index("# No systemd"):]
+    assert no_systemd.index("if pidof slurmd") < no_systemd.index('"$SLURMD" -Z')
 
     site = by_path(data["wn042-site-1"])
     assert base64.b64decode(site["/etc/munge/munge.key"]["content"]) == key
