@@ -59,6 +59,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch import domains
+from ansible_collections.skygrid.fabric.plugins.module_utils.images import args as image_args
 from ansible_collections.skygrid.fabric.plugins.module_utils.planning import slots
 
 
@@ -82,6 +83,7 @@ FILTERS = {
     "batch_node_items": slots.batch_node_items,
     "batch_env": domains.batch_env,
     "site_built_vos": domains.site_built_vos,
+    "vo_image_vos": image_args.vos_items,
 }
 
 

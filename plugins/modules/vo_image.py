@@ -73,9 +73,85 @@ options:
     type: str
     required: true
   vo:
-    description: The VO the images belong to; the first part of each volume name.
+    description:
+      - The VO the images belong to; the first part of each volume name.
+      - One of O(vo) and O(vos) is required.
     type: str
-    required: true
+  vos:
+    description:
+      - Several VOs in one call (O(state=present) only), each with its own images, list and endorsers; the
+        other options (O(pool), O(ca_path), O(crl_check), O(provenance_log), ...) hold for all of them. A
+        converge that stages the images of every VO of a site costs one module run, not one per VO.
+      - A VO that fails does not stop the others - they are staged - and the task then fails naming each
+        VO that failed and why (RV(failed_vos)).
+      - With O(vos), O(vo), O(image), O(images), O(list_url), O(endorsers), O(trust_class) and O(prune) go in
+        its items.
+    type: list
+    elements: dict
+    suboptions:
+      vo:
+        description: As O(vo).
+        type: str
+        required: true
+      trust_class:
+        description: As O(trust_class).
+        type: int
+        choices: [1, 2, 3]
+        default: 2
+      images:
+        description: As O(images).
+        type: list
+        elements: dict
+        suboptions:
+          image:
+            description: As O(image).
+            type: str
+            required: true
+          version:
+            description: As O(version).
+            type: str
+          image_url:
+            description: As O(image_url).
+            type: str
+          sha512:
+            description: As O(sha512).
+            type: str
+          size:
+            description: As O(size).
+            type: int
+          format:
+            description: As O(format).
+            type: str
+            choices: [qcow2, raw]
+      list_url:
+        description: As O(list_url).
+        type: str
+      endorsers:
+        description: As O(endorsers).
+        type: list
+        elements: dict
+        suboptions:
+          dn:
+            description: As O(endorsers[].dn).
+            type: str
+            required: true
+          ca:
+            description: As O(endorsers[].ca).
+            type: str
+            required: true
+          ca_sha256:
+            description: As O(endorsers[].ca_sha256).
+            type: str
+          ca_cert:
+            description: As O(endorsers[].ca_cert).
+            type: path
+      allow_http:
+        description: As O(allow_http), for this VO's list and images (default the top-level O(allow_http)).
+        type: bool
+      prune:
+        description: As O(prune).
+        type: bool
+        default: false
   state:
     description:
       - V(present) stages the images, V(absent) removes them.
@@ -90,9 +166,9 @@ options:
       - V(1) site image (pinned by O(image_url), O(sha512), O(size)), V(2) VO image from a signed
         list (O(list_url), O(endorsers), O(ca_path)), V(3) user image (pinned; needs O(allow_user_images)).
       - Recorded in the provenance.
+      - Default V(2) (with O(vos), each item has its own).
     type: int
     choices: [1, 2, 3]
-    default: 2
   allow_user_images:
     description: Accept trust class 3 images (the site's C(fabric_allow_user_images)).
     type: bool
@@ -151,9 +227,10 @@ options:
     description: URL of the VO's signed image list (class 2).
     type: str
   prune:
-    description: Remove this VO's staged images that are no longer wanted and not in use (see above).
+    description:
+      - Remove this VO's staged images that are no longer wanted and not in use (see above).
+      - Default V(false) (with O(vos), each item has its own).
     type: bool
-    default: false
   max_virtual_size_gb:
     description:
       - The largest virtual size (GiB) an image may have; a larger one is refused. A qcow2 of 1 PiB
@@ -220,6 +297,19 @@ EXAMPLES = r"""
     image_url: https://repo.site.example/images/el9-worker-2026.01.qcow2
     sha512: "{{ site_el9_sha512 }}"
     size: 1073741824
+
+- name: Stage the images of every VO of the site in one call (a VO that fails does not stop the others)
+  skygrid.fabric.vo_image:
+    pool: vo-images
+    vos:
+      - vo: atlas
+        images: [{image: CernVM 4.8 worker}]
+        list_url: https://atlas-images.example.org/atlas.image_list
+        endorsers: "{{ atlas_endorsers }}"
+        prune: true
+      - vo: ops
+        trust_class: 1
+        images: [{image: site-el9-worker, image_url: "https://repo.site.example/el9.qcow2", sha512: "{{ el9_sha512 }}", size: 1073741824}]
 
 - name: Remove an image no VM uses any more (fails, naming the VMs, while one does)
   skygrid.fabric.vo_image:
@@ -335,6 +425,18 @@ verified:
   type: list
   elements: dict
   sample: [{volume: "atlas+img+1.qcow2", status: ok, detail: "re-hashed: sha512 as staged"}]
+vos:
+  description:
+    - With O(vos), each VO's result, shaped like a one-VO call's (C(images), C(removed), C(pruned), C(kept),
+      C(image_list)), by VO name; a VO that failed is absent (see RV(failed_vos)).
+  returned: when O(vos) is given
+  type: dict
+  sample: {atlas: {images: [], removed: [], pruned: [], kept: []}}
+failed_vos:
+  description: With O(vos), the VOs whose staging failed, each with its error message.
+  returned: when O(vos) is given
+  type: dict
+  sample: {lhcb: "vos[1].list_url: the list's signature does not verify"}
 kept:
   description: Volumes O(prune) would have removed but kept because they are in use, with their users.
   returned: always
@@ -357,29 +459,73 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import 
 IMAGE_KEYS = ("version", "image_url", "sha512", "size", "format")
 
 
+# The options that describe one VO's images; with ``vos`` they go in its items.
+VO_KEYS = ("vo", "image", "images", "list_url", "endorsers", "trust_class", "prune")
+
+
 class VoImageModule(FabricModule):
     supports_check_mode = True
     argument_spec = dict(
         uri=dict(type="str", default="qemu:///system"),
         pool=dict(type="str", required=True),
-        vo=dict(type="str", required=True),
+        vo=dict(type="str"),
+        vos=dict(type="list", elements="dict", options=dict(
+            vo=dict(type="str", required=True),
+            trust_class=dict(type="int", default=2, choices=[1, 2, 3]),
+            images=dict(type="list", elements="dict", options=image_selector_options(image_required=True)),
+            list_url=dict(type="str"),
+            endorsers=trust_options()["endorsers"],
+            allow_http=dict(type="bool"),
+            prune=dict(type="bool", default=False),
+        )),
         state=dict(type="str", default="present", choices=["present", "absent", "verify"]),
-        trust_class=dict(type="int", default=2, choices=[1, 2, 3]),
+        trust_class=dict(type="int", choices=[1, 2, 3]),
         allow_user_images=dict(type="bool", default=False),
         **image_selector_options(image_required=False),
         images=dict(type="list", elements="dict", options=image_selector_options(image_required=True)),
         list_url=dict(type="str"),
         **trust_options(),
-        prune=dict(type="bool", default=False),
+        prune=dict(type="bool"),
         max_virtual_size_gb=dict(type="int", default=DEFAULT_MAX_VIRTUAL_SIZE_GB),
         provenance_log=dict(type="path"),
         validate_certs=dict(type="bool", default=True),
         timeout=dict(type="int", default=60),
     )
-    module_kwargs = dict(mutually_exclusive=[("image", "images")])
+    module_kwargs = dict(mutually_exclusive=[("image", "images"), ("vo", "vos")], required_one_of=[("vo", "vos")])
 
-    def selectors(self):
+    def run(self):
+        if self.params["vos"] is None:
+            return self.run_vo(dict(self.params, trust_class=self.params["trust_class"] or 2,
+                                    prune=bool(self.params["prune"])))
+        return self.run_vos()
+
+    def run_vos(self):
+        """Each VO of ``vos`` in turn; one that fails does not stop the others, and the task fails naming each."""
         params = self.params
+        if params["state"] != "present":
+            raise FabricError("stages images (state present); give one VO with 'vo' to remove or verify", field="vos")
+        for key in VO_KEYS:
+            if params[key] is not None:
+                raise FabricError("goes in each item of 'vos' when 'vos' is given", field=key)
+        results, failed = {}, {}
+        for index, item in enumerate(params["vos"]):
+            if item["vo"] in results or item["vo"] in failed:
+                raise FabricError("names VO %s twice" % item["vo"], field="vos[%d].vo" % index)
+            vo_params = dict(params, image=None)
+            vo_params.update((key, item[key]) for key in ("vo", "trust_class", "images", "list_url", "endorsers", "prune"))
+            if item["allow_http"] is not None:
+                vo_params["allow_http"] = item["allow_http"]
+            try:
+                results[item["vo"]] = self.run_vo(vo_params)
+            except FabricError as exc:
+                failed[item["vo"]] = "vos[%d] (%s).%s" % (index, item["vo"], exc)
+        if failed:
+            raise FabricError("staging failed for %s: %s" % (", ".join(failed), "; ".join(failed.values())),
+                              field="vos", vos=results, failed_vos=failed)
+        return {"vos": results, "failed_vos": failed}
+
+    @staticmethod
+    def selectors(params):
         if params["image"] is None:
             for key in IMAGE_KEYS:
                 if params[key] is not None:
@@ -392,19 +538,19 @@ class VoImageModule(FabricModule):
     def lock(self, stager):
         return contextlib.nullcontext() if self.module.check_mode else stager.store.lock()
 
-    def run(self):
-        params = self.params
-        selectors = self.selectors()
+    def run_vo(self, params):
+        """One VO's staging, removal or verification, from the module's options or one item of ``vos``."""
+        selectors = self.selectors(params)
         result = {"images": [], "removed": [], "pruned": [], "kept": []}
         if params["state"] == "verify":
-            return dict(result, verified=self.verify(selectors))
+            return dict(result, verified=self.verify(params, selectors))
         if params["state"] == "absent":
             if params["prune"]:
                 raise FabricError("goes with state present (it removes what the list no longer holds)", field="prune")
             if not selectors:
                 raise FabricError("name the staged image(s) to remove with 'image' or 'images'", field="image")
             with connection(params["uri"]) as conn:
-                stager = self.stager(conn)
+                stager = self.stager(conn, params)
                 with self.lock(stager):
                     result["removed"] = stager.remove(stager.matching_records(selectors))
             self.warn_all(stager)
@@ -412,9 +558,9 @@ class VoImageModule(FabricModule):
         check_trust_class(params["trust_class"], params["allow_user_images"])
         if not selectors and not params["prune"]:
             raise FabricError("give the image(s) to stage with 'image' or 'images' (or only prune: true)", field="image")
-        verified = self.verified_list() if params["trust_class"] == 2 else None
+        verified = self.verified_list(params) if params["trust_class"] == 2 else None
         with connection(params["uri"]) as conn:
-            stager = self.stager(conn)
+            stager = self.stager(conn, params)
             if verified is not None:
                 items = stager.from_list(verified, selectors)
                 keep = set((image["identifier"], image["version"], image["sha512"]) for image in verified["images"])
@@ -441,11 +587,11 @@ class VoImageModule(FabricModule):
         self.warn_all(stager)
         return result
 
-    def verify(self, selectors):
-        if self.params["prune"]:
+    def verify(self, params, selectors):
+        if params["prune"]:
             raise FabricError("goes with state present (it removes what the list no longer holds)", field="prune")
-        with connection(self.params["uri"]) as conn:
-            stager = self.stager(conn)
+        with connection(params["uri"]) as conn:
+            stager = self.stager(conn, params)
             with self.lock(stager):
                 records = stager.matching_records(selectors) if selectors else stager.vo_records()
                 if selectors and not records:
@@ -454,8 +600,8 @@ class VoImageModule(FabricModule):
         self.warn_all(stager)
         return verified
 
-    def verified_list(self):
-        params = self.params
+    @staticmethod
+    def verified_list(params):
         if not params["list_url"]:
             raise FabricError("is required for trust_class 2: the URL of the VO's signed image list (or use "
                               "trust_class 1 with image_url, sha512 and size for a site image)", field="list_url")
@@ -466,8 +612,7 @@ class VoImageModule(FabricModule):
                                timeout=params["timeout"], validate_certs=params["validate_certs"],
                                crl_check=params["crl_check"], allow_http=params["allow_http"])
 
-    def stager(self, conn):
-        params = self.params
+    def stager(self, conn, params):
         if params["trust_class"] != 2 and params["list_url"]:
             raise FabricError("is only used for trust_class 2 (VO images); a class %d image is pinned by image_url, "
                               "sha512 and size" % params["trust_class"], field="list_url")

@@ -623,6 +623,30 @@ def test_argument_errors_name_the_option(env):
     failed(result, "pool", "does not exist")
 
 
+def test_several_vos_in_one_call_and_a_failing_one_does_not_stop_the_others(env, pool):
+    good = env.publish("vos-good.list", [env.entry("a1.qcow2", "img-a", title="Worker", version="1")])
+    forged = env.publish("vos-forged.list", [env.entry("a2.qcow2", "img-f", version="1")], signer=env.pki.rogue)
+    site = {"vo": "ops", "trust_class": 1, "images": [{
+        "image": "site-img", "image_url": env.url("a2.qcow2"), "sha512": sha512_of(env.files["a2.qcow2"]),
+        "size": os.path.getsize(env.files["a2.qcow2"])}]}
+    atlas = {"vo": "atlas", "list_url": good, "endorsers": env.pki.endorsers(), "images": [{"image": "Worker"}]}
+    lhcb = {"vo": "lhcb", "list_url": forged, "endorsers": env.pki.endorsers(), "images": [{"image": "img-f"}]}
+    args = env.args(vos=[atlas, lhcb, site])
+    del args["vo"], args["endorsers"]
+    result = run_module("vo_image", args)
+    # lhcb's list is signed by someone else: lhcb fails, named with its item; atlas and ops are staged anyway.
+    failed(result, "vos", "staging failed for lhcb", "vos[1] (lhcb).endorsers")
+    assert sorted(result["vos"]) == ["atlas", "ops"] and list(result["failed_vos"]) == ["lhcb"]
+    assert volumes(pool) == ["atlas+img-a+1.qcow2", "ops+site-img.qcow2"]
+    again = ok(run_module("vo_image", dict(args, vos=[atlas, site])))
+    assert not again["changed"] and again["failed_vos"] == {}
+    assert [image["volume"] for image in again["vos"]["atlas"]["images"]] == ["atlas+img-a+1.qcow2"]
+    # A VO's options go in its item; a VO named twice is a mistake.
+    failed(run_module("vo_image", dict(args, vos=[atlas], prune=True)), "prune", "goes in each item of 'vos'")
+    failed(run_module("vo_image", dict(args, vos=[site, site])), "vos[1].vo", "names VO ops twice")
+    failed(run_module("vo_image", dict(args, vos=[site], state="verify")), "vos", "state present")
+
+
 # ---------------------------------------------------------------- the role, through the playbook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

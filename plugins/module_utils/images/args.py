@@ -36,3 +36,22 @@ def image_selector_options(image_required):
         size=dict(type="int"),
         format=dict(type="str", choices=list(STAGED_FORMATS)),
     )
+
+
+def vos_items(site_vos, prune=False, allow_http=False):
+    """The ``vos`` option of vo_image from the site's VOs (``fabric_vos``: name -> {trust_class, images,
+    image_list_url, endorsers, prune, allow_http, ...}), in name order: the VOs with images to stage or to
+    prune. ``prune`` and ``allow_http`` are the site's defaults a VO may override."""
+    items = []
+    for name in sorted(site_vos or {}):
+        vo = site_vos[name] or {}
+        vo_prune = bool(vo.get("prune", prune))
+        if not vo.get("images") and not vo_prune:
+            continue
+        trust_class = int(vo.get("trust_class", 2))
+        item = {"vo": name, "trust_class": trust_class, "images": list(vo.get("images") or []), "prune": vo_prune,
+                "allow_http": bool(vo.get("allow_http", allow_http))}
+        if trust_class == 2:
+            item.update(list_url=vo.get("image_list_url"), endorsers=vo.get("endorsers"))
+        items.append(item)
+    return items
