@@ -6,6 +6,7 @@ node converted, the no-op converge of the whole site against an empty play (fact
 The VO images stay staged between runs (revert keeps them), so the times are those of a site whose image cache is
 warm. Needs `scripts/multihost-testbed.sh start` and the VO side (prepare.py, see docs/MULTIHOST.md).
     .venv/bin/python bench/multihost/run.py [--nodes 1 2 3] [--serial 1 3] [--json FILE]
+The no-op converge runs with the checkout's ansible.cfg (pipelining on) and again with pipelining off, side by side.
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ EMPTY_PLAY = """- name: An empty play (facts and one ping)
 """
 
 
-def run(name_or_path, *args):
-    """A playbook of the collection (by name) or a file (by path) against the test bed; (seconds, changed)."""
+def run(name_or_path, *args, pipelining=True):
+    """A playbook of the collection (by name) or a file (by path) against the test bed; (seconds, changed).
+    pipelining=False runs it as a controller without ansible.cfg's ``pipelining = True`` would."""
     if name_or_path.endswith(".yml"):
         command = ["ansible-playbook", "-i", INVENTORY, name_or_path] + list(args)
     else:
         command = playbook_command(name_or_path, *args, inventory=INVENTORY)
     start = time.monotonic()
-    proc = subprocess.run(command, env=playbook_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    env = dict(playbook_env(), ANSIBLE_PIPELINING="True" if pipelining else "False")
+    proc = subprocess.run(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, check=False)
     elapsed = time.monotonic() - start
     if proc.returncode:
@@ -51,7 +54,8 @@ def run(name_or_path, *args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--nodes", type=int, nargs="*", default=[1, 2, 3],
+                        help="conversions of the first N nodes to time; none (--nodes alone) times only the no-op")
     parser.add_argument("--serial", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -65,6 +69,7 @@ def main():
             print("convert %d node(s), serial %d: %6.1f s (%d changed)" % (nodes, serial, seconds, changed), flush=True)
     run("convert_worker_nodes")  # every worker node converted
     noop, changed = run("convert_worker_nodes")
+    noop_unpipelined, changed_unpipelined = run("convert_worker_nodes", pipelining=False)
     with tempfile.NamedTemporaryFile("w", suffix=".yml", dir=ROOT, delete=False) as handle:
         handle.write(EMPTY_PLAY)
     try:
@@ -72,9 +77,12 @@ def main():
     finally:
         os.unlink(handle.name)
     results["noop"] = {"converge_s": round(noop, 1), "changed": changed, "empty_play_s": round(empty, 1),
-                       "ratio": round(noop / empty, 1)}
+                       "ratio": round(noop / empty, 1), "converge_without_pipelining_s": round(noop_unpipelined, 1),
+                       "changed_without_pipelining": changed_unpipelined}
     print("no-op converge of %d worker nodes: %.1f s (%d changed); empty play: %.1f s; ratio %.1f"
           % (len(WORKERS), noop, changed, empty, noop / empty))
+    print("the same without pipelining: %.1f s (%d changed); pipelining makes it %.2fx faster"
+          % (noop_unpipelined, changed_unpipelined, noop_unpipelined / noop))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as out:
