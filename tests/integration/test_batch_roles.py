@@ -155,7 +155,8 @@ def test_slurm_vm_user_data(tmp_path, munge_key, vo_domain):
     atlas = data["wn042-atlas-1"]
     files = by_path(atlas)
     assert sorted(files) == ["/etc/munge/munge.key", "/etc/systemd/system/slurmd.service.d/skygrid-dynamic.conf",
-                             "/etc/tmpfiles.d/skygrid-munge-vo.conf", "/usr/local/sbin/skygrid-slurm-join"]
+                             "/etc/tmpfiles.d/skygrid-munge-vo.conf", "/usr/local/sbin/skygrid-slurm-join",
+                             "/var/lib/cloud/scripts/per-boot/skygrid-slurm-join"]
     munge = files["/etc/munge/munge.key"]
     assert (munge["encoding"], munge["owner"], munge["permissions"]) == ("b64", "munge:munge", "0400")
     assert base64.b64decode(munge["content"]) == vo_key  # the VO's key, never the site's
@@ -170,6 +171,15 @@ def test_slurm_vm_user_data(tmp_path, munge_key, vo_domain):
     assert text.startswith("#!/bin/sh\n") and "NODE='wn042-atlas-1'" in text and "SERVER='10.20.0.1:6821'" in text
     assert "CONF=''" in text and "AUTH_SOCKET='/run/munge-vo/atlas/munge.socket.2'" in text
     check_script(tmp_path, text)
+    # runcmd runs once per instance: the per-boot hook starts the daemons again after a reboot (without systemd;
+    # with it they are enabled services), and the join script does nothing when slurmd already runs.
+    hook = files["/var/lib/cloud/scripts/per-boot/skygrid-slurm-join"]
+    assert hook["permissions"] == "0755"
+    assert hook["content"].splitlines()[-2:] == ["[ -d /run/systemd/system ] && exit 0",
+                                                 "exec /usr/local/sbin/skygrid-slurm-join"]
+    check_script(tmp_path, hook["content"])
+    no_systemd = text[text.index("# No systemd"):]
+    assert no_systemd.index("if pidof slurmd") < no_systemd.index('"$SLURMD" -Z')
 
     site = by_path(data["wn042-site-1"])
     assert base64.b64decode(site["/etc/munge/munge.key"]["content"]) == key

@@ -16,6 +16,10 @@
 # --conf "NodeAddr=<its IP> Feature=atlas CPUs=1 RealMemory=400"`, the node registers with its
 # feature, and `sbatch --constraint=atlas` runs a job inside the VM that prints its hostname on the
 # VM's console. SGVO_JOIN=0 skips that.
+# SGVO_REBOOT=1 (the default with SGVO_JOIN) then reboots the VM (virsh reboot, as a host restart
+# restarts its autostarted VMs): write_files and runcmd do not run again (once per instance), the seed's
+# per-boot script (/var/lib/cloud/scripts/per-boot, run at every boot) starts munged and slurmd again,
+# the node is idle again and a second job runs in the VM.
 #
 # Everything is named sgvo-* and removed on exit (transient domain and network, work directory,
 # private daemons), also after a failure; SGVO_KEEP=1 keeps the work directory (console log).
@@ -44,6 +48,7 @@ STATIC_IP=$PREFIX.77
 if [[ -z ${SGVO_JOIN:-} ]]; then
   if command -v slurmctld >/dev/null && command -v munged >/dev/null; then SGVO_JOIN=1; else SGVO_JOIN=0; fi
 fi
+SGVO_REBOOT=${SGVO_REBOOT:-$SGVO_JOIN}
 
 T0=$SECONDS
 say() { echo "sgvo-test: [$((SECONDS - T0))s] $*"; }
@@ -204,6 +209,22 @@ write_files:
     content: $KEY_B64
     owner: munge:munge
     permissions: '0400'
+EOF
+  if ((SGVO_JOIN)); then
+    # At every boot (before runcmd on the first): once runcmd has run, start munged and slurmd again.
+    cat <<EOF
+  - path: /var/lib/cloud/scripts/per-boot/sgvo-rejoin
+    permissions: '0755'
+    content: |
+      #!/bin/sh
+      echo "SGVO-TEST-PER-BOOT \$(cat /proc/sys/kernel/random/boot_id)"
+      [ -e /var/lib/sgvo-test/initialised ] || exit 0
+      runuser -u munge -- /usr/sbin/munged
+      mkdir -p $MUNGE_SOCK_DIR && ln -sfn /run/munge/munge.socket.2 $MUNGE_SOCK_DIR/munge.socket.2
+      slurmd -Z --conf-server $HOST_IP:$CTLD_PORT --conf "NodeAddr=\$(ip -4 -o addr show dev eth0 | awk '{print \$4}' | cut -d/ -f1) Feature=atlas CPUs=1 RealMemory=400" && echo "SGVO-TEST-SLURMD-REJOINED"
+EOF
+  fi
+  cat <<EOF
 runcmd:
   - echo "SGVO-TEST-MARKER runcmd as \$(id -un) on \$(hostname), eth0 \$(ip -4 -o addr show dev eth0 | awk '{print \$4}')"
   - [sh, -c, 'cat /etc/sgvo-test/plain.txt /etc/sgvo-test/b64.txt']
@@ -222,6 +243,7 @@ EOF
     --conf "NodeAddr=\$(ip -4 -o addr show dev eth0 | awk '{print \$4}' | cut -d/ -f1) Feature=atlas CPUs=1 RealMemory=400"
     && echo "SGVO-TEST-SLURMD-STARTED"
     || { echo "SGVO-TEST-SLURMD-FAILED"; tail -n 20 /var/log/slurm/slurmd.log; false; }
+  - mkdir -p /var/lib/sgvo-test && touch /var/lib/sgvo-test/initialised
 EOF
   fi
 } >"$WORK/seed/user-data"
@@ -305,6 +327,26 @@ if ((SGVO_JOIN)) && [[ -n $READY_S ]]; then
     --wrap 'echo "SGVO-TEST-JOB ran on $(hostname)" >/dev/console' 2>&1) || fail "sbatch: $JOB"
   wait_console "SGVO-TEST-JOB ran on $DOM" 60 || fail "job $JOB did not run inside $DOM"
   say "job $JOB: $(console | grep -m1 'SGVO-TEST-JOB ' || echo none)"
+  if ((SGVO_REBOOT)); then
+    virsh_ reboot "$DOM" >/dev/null
+    say "virsh reboot $DOM; waiting for the second SKYGRID-VO: ready"
+    deadline=$((SECONDS + BOOT_TIMEOUT))
+    until (($(console | grep -c '^SKYGRID-VO: ready') >= 2)); do
+      if ((SECONDS >= deadline)); then fail "no second 'SKYGRID-VO: ready' within ${BOOT_TIMEOUT}s of virsh reboot"; break; fi
+      sleep 0.5
+    done
+    wait_console "SGVO-TEST-SLURMD-REJOINED" 30 || fail "slurmd was not started again after the reboot"
+    deadline=$((SECONDS + 60))
+    until sinfo -h -N -n "$DOM" -o '%N %f %t' 2>/dev/null | grep -q "^$DOM atlas idle"; do
+      if ((SECONDS >= deadline)); then fail "node $DOM not idle again after the reboot: $(sinfo -h -N -n "$DOM" -o '%t %E' 2>&1)"; break; fi
+      sleep 0.5
+    done
+    # shellcheck disable=SC2016 # $(hostname) is for the job's shell, inside the VM
+    JOB2=$(sbatch --parsable --constraint=atlas --chdir=/tmp --output=/dev/null --time=2 \
+      --wrap 'echo "SGVO-TEST-JOB2 ran on $(hostname) after the reboot" >/dev/console' 2>&1) || fail "sbatch: $JOB2"
+    wait_console "SGVO-TEST-JOB2 ran on $DOM after the reboot" 60 || fail "job $JOB2 did not run inside $DOM after the reboot"
+    say "job $JOB2 after the reboot: $(console | grep -m1 'SGVO-TEST-JOB2 ' || echo none)"
+  fi
   scontrol delete nodename="$DOM" 2>/dev/null || true
 fi
 
@@ -337,6 +379,18 @@ check "munged running, credential round trip" 'SGVO-TEST-MUNGE STATUS: +Success'
 check "runcmd exit 0" 'SKYGRID-VO: runcmd: exit 0'
 check "no errors" 'SKYGRID-VO: firstboot: done at [0-9.]+s, 0 error'
 check "ready" '^SKYGRID-VO: ready'
+if ((SGVO_REBOOT)); then
+  count() { grep -Ec -- "$1" <<<"$TEXT" || true; }
+  check "per-boot script run (cloud-init's scripts/per-boot)" 'SKYGRID-VO: per-boot sgvo-rejoin: exit 0'
+  check "second boot: write_files and runcmd not run again" 'SKYGRID-VO: instance-id .* \(already initialised\)'
+  if [[ $(count '^SGVO-TEST-PER-BOOT ') == 2 && $(count 'SKYGRID-VO: runcmd: start') == 1 ]]; then
+    echo "  ok   per-boot at both boots, runcmd at the first only"
+  else
+    fail "per-boot ran $(count '^SGVO-TEST-PER-BOOT ') times, runcmd $(count 'SKYGRID-VO: runcmd: start') (want 2 and 1)"
+  fi
+  check "slurmd started again by the per-boot script" '^SGVO-TEST-SLURMD-REJOINED'
+  check "a job ran after the reboot" "SGVO-TEST-JOB2 ran on $DOM after the reboot"
+fi
 grep -m1 '^SGVO-TEST-RESOURCES' <<<"$TEXT" | sed 's/^/  info /' || true
 if grep -q 'SKYGRID-VO: ERROR' <<<"$TEXT"; then fail "errors on the console: $(grep 'SKYGRID-VO: ERROR' <<<"$TEXT" | tr '\n' ';')"; fi
 
