@@ -115,8 +115,12 @@ qmgr_set() { "$BIN/qmgr" -c "$1" >/dev/null || die "qmgr -c '$1' failed"; }
 configure_server() { # torque.setup's steps, only where the server differs
   local server queue
   server=$("$BIN/qmgr" -c "print server")
-  grep -q "managers = .*root@$HOST\|managers += root@$HOST" <<<"$server" || qmgr_set "set server managers += root@$HOST"
-  grep -q "operators = .*root@$HOST\|operators += root@$HOST" <<<"$server" || qmgr_set "set server operators += root@$HOST"
+  # pbs_server accepts a manager's host only by its canonical name (the first name resolving gives: on a host
+  # whose name resolves to NAME.DOMAIN, "root@NAME" is a "Bad ACL entry")
+  local admin
+  admin=root@$(getent hosts "$HOST" | awk '{print $2; exit}')
+  grep -q "managers = .*$admin\|managers += $admin" <<<"$server" || qmgr_set "set server managers += $admin"
+  grep -q "operators = .*$admin\|operators += $admin" <<<"$server" || qmgr_set "set server operators += $admin"
   grep -q "^set server scheduling = True" <<<"$server" || qmgr_set "set server scheduling = True"
   # vo_demand reads every user's jobs
   grep -q "^set server query_other_jobs = True" <<<"$server" || qmgr_set "set server query_other_jobs = True"
