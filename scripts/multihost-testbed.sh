@@ -462,14 +462,14 @@ check_torque_mounts() {
     die "$(short_name batch) has no private /tmp (started by an older test bed): run '$0 stop', then start"
 }
 
-# mh-batch: the scheduler's configuration from the install (make install wrote it into the machine's PBS_HOME;
-# its lock file and logs stay there), then torque-testbed.sh: trqauthd, pbs_server, pbs_sched, no pbs_mom.
+# mh-batch: PBS_HOME's directories and the scheduler's configuration as the install made them in the machine's
+# (its lock file and logs stay there), then torque-testbed.sh: trqauthd, pbs_server, pbs_sched, no pbs_mom.
 start_batch_torque() {
   local d f w
   d=$(host_dir batch)
   [[ -r /var/spool/torque/sched_priv/sched_config ]] ||
     die "/var/spool/torque/sched_priv/sched_config is missing: run scripts/torque/build.sh --force"
-  mkdir -p "$d/torque/sched_priv"
+  mirror_top_dirs /var/spool/torque "$d/torque"   # checkpoint, aux, spool...: pbs_server fails without them
   for f in /var/spool/torque/sched_priv/*; do
     if [[ -f $f && $f != *.lock ]]; then cp -n "$f" "$d/torque/sched_priv/"; fi
   done
