@@ -116,7 +116,7 @@ def test_torque_runs_on_the_batch_server_and_a_mom_on_each_worker_node(torque_si
             host + ".skygrid.test"
         assert not os.path.exists(os.path.join(home(host), "server_priv"))
         with open(os.path.join(home(host), "mom_priv", "mom.lock")) as handle:
-            pid = handle.read().strip()
+            pid = re.search(r"\d+", handle.read()).group(0)  # the pid, NUL-padded
         assert os.readlink("/proc/%s/exe" % pid) == os.path.join(TORQUE, "sbin", "pbs_mom")
         with open(os.path.join(STATE, "hosts", host[3:], "run", "holder.pid")) as handle:
             holder = handle.read().strip()
