@@ -118,7 +118,8 @@ configure_server() { # torque.setup's steps, only where the server differs
   # pbs_server accepts a manager's host only by its canonical name (the first name resolving gives: on a host
   # whose name resolves to NAME.DOMAIN, "root@NAME" is a "Bad ACL entry")
   local admin
-  admin=root@$(getent hosts "$HOST" | awk '{print $2; exit}')
+  admin=$(getent hosts "$HOST" | awk '{print $2; exit}')
+  admin=root@${admin:-$HOST}
   grep -q "managers = .*$admin\|managers += $admin" <<<"$server" || qmgr_set "set server managers += $admin"
   grep -q "operators = .*$admin\|operators += $admin" <<<"$server" || qmgr_set "set server operators += $admin"
   grep -q "^set server scheduling = True" <<<"$server" || qmgr_set "set server scheduling = True"
