@@ -96,7 +96,7 @@ faults-sample:
 
 # A site, not a box (scripts/multihost-testbed.sh, docs/MULTIHOST.md): all of it takes ~25 min; make test
 # runs the test bed's own checks.
-multihost: testbed
+multihost: testbed torque
 	pytest -q tests/multihost
 
 multihost-sample: testbed

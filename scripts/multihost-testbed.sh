@@ -10,6 +10,13 @@
 #   scripts/multihost-testbed.sh exec HOST CMD...   run a command inside a host (its mounts, network, name)
 #   scripts/multihost-testbed.sh down HOST sshd|libvirtd   stop one daemon (the broken-node tests)
 #
+# SKYGRID_MULTIHOST_TORQUE=1 start: Torque as well (TORQUE 6.1.3, scripts/torque/build.sh): trqauthd,
+# pbs_server and pbs_sched on mh-batch (scripts/torque-testbed.sh inside it, without a pbs_mom there), a
+# pbs_mom on each worker node (a Torque node mh-wnN); later starts keep it until `stop`. The playbooks use it
+# with `-e @inventories/multihost_torque.yml`. Each host's PBS_HOME (/var/spool/torque: server_priv,
+# mom_priv, logs) is private; mh-batch has a /tmp of its own (trqauthd's socket is /tmp/trqauthd-unix,
+# compiled in: it must not meet the machine's).
+#
 # Hosts (SKYGRID_MULTIHOST_WORKERS worker nodes, default 3, at most 9), domain skygrid.test:
 #   mh-batch  10.254.80.5    sshd, munged; scripts/slurm-testbed.sh inside it: the site's cluster (the worker
 #                            nodes join it as dynamic nodes) and a cluster per VO (docs/SECURITY.md)
@@ -33,7 +40,8 @@
 # Daemons are started inside with nsenter into the holder, so each can be stopped and restarted alone.
 # sshd listens only on the host's address, with its own host key, key-only root login with the key this
 # script makes ($STATE_DIR/id_ed25519); $STATE_DIR/known_hosts holds every host key. An SSH session sees
-# the host's own libvirtd at qemu:///system, its own IPAM database, its own Slurm configuration.
+# the host's own libvirtd at qemu:///system, its own IPAM database, its own Slurm configuration (and on
+# mh-batch the Torque commands on the PATH).
 set -euo pipefail
 
 SELF=$(readlink -f "$0")
@@ -42,6 +50,8 @@ ROOT=$(dirname "$(dirname "$SELF")")
 TB_NAME=multihost-testbed TB_SCRIPT=scripts/multihost-testbed.sh
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "$SELF")/lib/testbed-common.sh"
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "$SELF")/torque/mom-home.sh"
 
 STATE_DIR=${SKYGRID_MULTIHOST_STATE:-/var/lib/skygrid-multihost}
 WORKERS=${SKYGRID_MULTIHOST_WORKERS:-3}
@@ -63,6 +73,11 @@ HOSTS_MARK=skygrid-multihost
 LIBVIRTD_NAME=mh-libvirtd
 LIBVIRTD_LINK=$STATE_DIR/bin/$LIBVIRTD_NAME
 RACKS=(a b c d e)   # two worker nodes a rack
+TORQUE_PREFIX=${SKYGRID_TORQUE_PREFIX:-/opt/skygrid/torque-6.1.3}
+TORQUE_ON=$STATE_DIR/torque.on   # started with Torque: later starts keep it, stop removes it
+TORQUE_WAIT=${SKYGRID_MULTIHOST_TORQUE_WAIT:-120}
+# what an SSH session on mh-batch finds on its PATH: Torque's commands, as a site's install has them
+BATCH_PATH=$TORQUE_PREFIX/bin:$TORQUE_PREFIX/sbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 [[ $WORKERS =~ ^[1-9]$ ]] || die "SKYGRID_MULTIHOST_WORKERS must be 1 to 9, not '$WORKERS'"
 
@@ -102,6 +117,7 @@ tini_pid() { live_pid "$(host_dir "$1")/run/tini.pid" tini; }
 virtlogd_pid() { host_run_pid "$1" virtlogd.pid virtlogd; }
 munged_pid() { live_pid "$(host_dir "$1")/munge/run/munged.pid" munged; }
 slurmd_pid() { host_run_pid "$1" "slurmd-$(short_name "$1").pid" slurmd; }
+mom_pid() { live_pid "$(host_dir "$1")/torque/mom_priv/mom.lock" pbs_mom; }
 
 running() { [[ -n $("$@") ]]; }  # a *_pid function found its process
 
@@ -188,12 +204,16 @@ write_hosts_files() {
   hosts_lines | replace_marked_block "$HOSTS_MARK" /etc/hosts
   for h in $(host_list); do
     d=$(host_dir "$h")
-    {
-      echo "# /etc/hosts of $(fqdn "$h") (bind-mounted in its mount namespace by scripts/multihost-testbed.sh)"
-      echo "127.0.0.1 localhost"
-      echo "::1 localhost ip6-localhost ip6-loopback"
-      hosts_lines
-    } >"$d/hosts"
+    # the test bed's block, rewritten in place: what the playbooks add (the Torque server's block of VM
+    # slot names on mh-batch) stays
+    if ! grep -q "^# >>> $HOSTS_MARK" "$d/hosts" 2>/dev/null; then
+      {
+        echo "# /etc/hosts of $(fqdn "$h") (bind-mounted in its mount namespace by scripts/multihost-testbed.sh)"
+        echo "127.0.0.1 localhost"
+        echo "::1 localhost ip6-localhost ip6-loopback"
+      } >"$d/hosts"
+    fi
+    hosts_lines | replace_marked_block "$HOSTS_MARK" "$d/hosts"
   done
 }
 
@@ -201,7 +221,7 @@ write_sshd_config() {  # host
   local h=$1 d
   d=$(host_dir "$h")
   [[ -s $d/ssh_host_ed25519_key ]] || ssh-keygen -q -t ed25519 -N "" -C "$(fqdn "$h")" -f "$d/ssh_host_ed25519_key"
-  cat >"$d/sshd_config" <<EOF
+  cat >"$d/sshd_config.new" <<EOF
 # sshd of $(fqdn "$h"), written by scripts/multihost-testbed.sh
 ListenAddress $(host_addr "$h"):22
 HostKey $d/ssh_host_ed25519_key
@@ -217,6 +237,9 @@ MaxStartups 100:30:200
 MaxSessions 100
 Subsystem sftp /usr/lib/openssh/sftp-server
 EOF
+  [[ $h != batch ]] || echo "SetEnv PATH=$BATCH_PATH" >>"$d/sshd_config.new"
+  # rewritten only when it changes: a running sshd reloads a configuration newer than its pid file
+  if cmp -s "$d/sshd_config.new" "$d/sshd_config"; then rm -f "$d/sshd_config.new"; else mv "$d/sshd_config.new" "$d/sshd_config"; fi
 }
 
 write_known_hosts() {
@@ -244,7 +267,9 @@ prepare_host() {  # host
   local h=$1 d
   d=$(host_dir "$h")
   mkdir -p "$d/run" "$d/log" "$d/var-lib-skygrid" "$d/etc-slurm" "$d/slurm" "$d/etc-ansible" "$d/etc-skygrid" \
-    "$d/munge/etc" "$d/munge/run" "$d/munge/lib" "$d/munge/log"
+    "$d/munge/etc" "$d/munge/run" "$d/munge/lib" "$d/munge/log" "$d/torque"
+  # seen inside the host at /var/spool/torque: the check that its PBS_HOME is its own
+  echo "PBS_HOME of $(fqdn "$h") (scripts/multihost-testbed.sh)" >"$d/torque/.skygrid-multihost"
   chmod 0700 "$d/run" "$d/log"
   chmod 0755 "$d/var-lib-skygrid" "$d/munge/run"
   chown munge:munge "$d/munge/etc" "$d/munge/run" "$d/munge/lib" "$d/munge/log"
@@ -284,6 +309,9 @@ host_init() {  # host
   mkdir -p /etc/skygrid && mount --bind "$d/etc-skygrid" /etc/skygrid
   mount --bind "$d/usr-local-sbin" /usr/local/sbin
   mount --bind "$d/hosts" /etc/hosts
+  mkdir -p /var/spool/torque && mount --bind "$d/torque" /var/spool/torque   # PBS_HOME: server_priv, mom_priv
+  # trqauthd's socket is /tmp/trqauthd-unix (compiled in): the batch server's must not replace the machine's
+  [[ $h != batch ]] || mount -t tmpfs -o mode=1777,size=256m sgmh-tmp /tmp
   hostname "$(short_name "$h")"
   echo "=== $(date -Is) host $(fqdn "$h") up in netns $(ns_name "$h")"
   echo $$ >"$d/run/holder.pid"
@@ -308,7 +336,14 @@ start_holder() {  # host
 start_sshd() {  # host
   local h=$1 d
   d=$(host_dir "$h")
-  [[ -n $(sshd_pid "$h") ]] && return 0
+  if [[ -n $(sshd_pid "$h") ]]; then
+    if [[ $d/sshd_config -nt $d/run/sshd.pid ]]; then
+      say "reloading sshd of $(short_name "$h") (new $d/sshd_config)"
+      kill -HUP "$(sshd_pid "$h")"
+      touch "$d/run/sshd.pid"
+    fi
+    return 0
+  fi
   in_host "$h" /usr/sbin/sshd -t -f "$d/sshd_config" || die "sshd of $(short_name "$h") rejects $d/sshd_config"
   say "starting sshd of $(short_name "$h") on $(host_addr "$h"):22"
   in_host "$h" /usr/sbin/sshd -f "$d/sshd_config" -E "$d/log/sshd.log"
@@ -392,6 +427,91 @@ start_slurmd() {  # worker host: a dynamic node of the site's cluster, configura
   wait_until 30 "node $(short_name "$h") to register in the site's cluster on $(short_name batch)" node_registered "$h"
 }
 
+# ---------------------------------------------------------------------- Torque (optional) --
+
+torque_wanted() { [[ ${SKYGRID_MULTIHOST_TORQUE:-0} == 1 || -e $TORQUE_ON ]]; }
+
+# scripts/torque-testbed.sh inside mh-batch: its own PBS_HOME, /tmp (trqauthd's socket) and name
+batch_torque() {  # start|stop|status
+  in_host batch env SKYGRID_TORQUE_MOM=0 SKYGRID_TORQUE_PREFIX="$TORQUE_PREFIX" bash "$ROOT/scripts/torque-testbed.sh" "$1"
+}
+
+tq_batch() { in_host batch env PATH="$BATCH_PATH" "$@"; }   # a Torque client command on mh-batch
+
+torque_node_state() {  # worker host: its node's state in pbs_server, empty when unknown
+  tq_batch pbsnodes -x "$(short_name "$1")" 2>/dev/null | sed -n 's:.*<state>\([^<]*\)</state>.*:\1:p'
+}
+
+torque_node_up() {  # worker host: its pbs_mom reported (free, or offline as a converted VM host), not down
+  local state
+  state=$(torque_node_state "$1")
+  [[ -n $state && $state != *down* ]]
+}
+
+# The hosts must have been started with their private PBS_HOME (and mh-batch its /tmp): a test bed started
+# by an older version of this script has not.
+check_torque_mounts() {
+  local h
+  [[ -x $TORQUE_PREFIX/sbin/pbs_server && -x $TORQUE_PREFIX/sbin/pbs_mom ]] ||
+    die "Torque is not built in $TORQUE_PREFIX: run scripts/torque/build.sh (make torque)"
+  for h in $(host_list); do
+    in_host "$h" test -e /var/spool/torque/.skygrid-multihost ||
+      die "$(short_name "$h") has no private /var/spool/torque (started by an older test bed): run '$0 stop', then start"
+  done
+  [[ $(in_host batch findmnt -n -o SOURCE /tmp) == sgmh-tmp ]] ||
+    die "$(short_name batch) has no private /tmp (started by an older test bed): run '$0 stop', then start"
+}
+
+# mh-batch: PBS_HOME's directories and the scheduler's configuration as the install made them in the machine's
+# (its lock file and logs stay there), then torque-testbed.sh: trqauthd, pbs_server, pbs_sched, no pbs_mom.
+start_batch_torque() {
+  local d f w
+  d=$(host_dir batch)
+  [[ -r /var/spool/torque/sched_priv/sched_config ]] ||
+    die "/var/spool/torque/sched_priv/sched_config is missing: run scripts/torque/build.sh --force"
+  mirror_top_dirs /var/spool/torque "$d/torque"   # checkpoint, aux, spool...: pbs_server fails without them
+  for f in /var/spool/torque/sched_priv/*; do
+    if [[ -f $f && $f != *.lock ]]; then cp -n "$f" "$d/torque/sched_priv/"; fi
+  done
+  cp -n /var/spool/torque/pbs_environment "$d/torque/" 2>/dev/null || touch "$d/torque/pbs_environment"
+  say "starting Torque on $(short_name batch) (scripts/torque-testbed.sh start inside the host; log: $d/log/torque-testbed.log)"
+  batch_torque start >>"$d/log/torque-testbed.log" 2>&1 ||
+    { tail -n 15 "$d/log/torque-testbed.log" >&2; die "Torque did not start on $(short_name batch); see $d/log/torque-testbed.log and $d/torque/server_logs"; }
+  for w in $(worker_list); do   # the worker nodes are the site's compute nodes
+    tq_batch pbsnodes -x "$(short_name "$w")" >/dev/null 2>&1 ||
+      tq_batch qmgr -c "create node $(short_name "$w") np=$(nproc)" ||
+      die "could not create node $(short_name "$w") in pbs_server on $(short_name batch); see $d/torque/server_logs"
+  done
+}
+
+start_mom() {  # worker host: pbs_mom with the host's own PBS_HOME, reporting to mh-batch
+  local h=$1 d
+  d=$(host_dir "$h")
+  [[ -n $(mom_pid "$h") ]] && return 0
+  torque_mom_home "$d/torque" "$(short_name batch)"
+  say "starting pbs_mom of $(short_name "$h") (log: $d/torque/mom_logs)"
+  in_host "$h" "$TORQUE_PREFIX/sbin/pbs_mom" >>"$d/log/pbs_mom.out" 2>&1 </dev/null
+  wait_until 20 "pbs_mom of $(short_name "$h") (see $d/torque/mom_logs, $d/log/pbs_mom.out)" running mom_pid "$h"
+}
+
+start_torque() {
+  local w
+  check_torque_mounts
+  touch "$TORQUE_ON"
+  start_batch_torque
+  for w in $(worker_list); do start_mom "$w"; done
+  for w in $(worker_list); do wait_for_torque_node "$w"; done
+}
+
+wait_for_torque_node() {  # worker host: bounded; on timeout, the state pbs_server last gave and the logs to read
+  local h=$1 deadline=$((SECONDS + TORQUE_WAIT))
+  until torque_node_up "$h"; do
+    ((SECONDS < deadline)) || die "timed out after ${TORQUE_WAIT}s waiting for node $(short_name "$h") to report to" \
+      "pbs_server (state: '$(torque_node_state "$h")'); see $(host_dir "$h")/torque/mom_logs and $(host_dir batch)/torque/server_logs"
+    sleep 1
+  done
+}
+
 ssh_ok() {  # host
   ssh -q -i "$KEY" -o UserKnownHostsFile="$KNOWN_HOSTS" -o StrictHostKeyChecking=yes -o BatchMode=yes \
     -o ConnectTimeout=5 "root@$(fqdn "$1")" true
@@ -461,11 +581,12 @@ cmd_start() {
     wait_for_libvirt "$h"
     start_slurmd "$h"
   done
+  if torque_wanted; then start_torque; fi
   for h in $(host_list); do
     wait_until 20 "SSH to root@$(fqdn "$h") with $KEY (see $(host_dir "$h")/log/sshd.log)" ssh_ok "$h"
   done
   write_inventory
-  say "ready: $(host_list | sed 's/^/mh-/' | tr '\n' ' ')- inventory $INVENTORY_DIR"
+  say "ready: $(host_list | sed 's/^/mh-/' | tr '\n' ' ')- inventory $INVENTORY_DIR$(torque_wanted && echo " (Torque: -e @inventories/multihost_torque.yml)")"
 }
 
 # ---------------------------------------------------------------------------------- stop --
@@ -481,6 +602,11 @@ stop_host() {  # host
       done
     fi
   fi
+  # Torque first (qterm saves pbs_server's state); whatever a job left runs in the namespace: swept below
+  if [[ $h == batch && -n $(holder_pid "$h") && -e $d/torque/server_priv/serverdb ]]; then
+    batch_torque stop >>"$d/log/torque-testbed.log" 2>&1 || say "torque-testbed.sh stop in $(short_name "$h") failed; see $d/log/torque-testbed.log"
+  fi
+  pid=$(mom_pid "$h"); [[ -z $pid ]] || stop_pid "pbs_mom of $(short_name "$h")" "$pid"
   pid=$(slurmd_pid "$h"); [[ -z $pid ]] || stop_pid "slurmd of $(short_name "$h")" "$pid"
   pid=$(libvirtd_pid "$h"); [[ -z $pid ]] || stop_pid "libvirtd of $(short_name "$h")" "$pid"
   pid=$(tini_pid "$h"); [[ -z $pid ]] || stop_pid "tini of $(short_name "$h")" "$pid"
@@ -508,7 +634,7 @@ cmd_stop() {
   for i in 1 2 3 4 5 6 7 8 9; do ip route del "10.254.9$i.0/24" dev "$BRIDGE" 2>/dev/null || true; done
   if ip link show "$BRIDGE" >/dev/null 2>&1; then say "removing bridge $BRIDGE"; ip link del "$BRIDGE"; fi
   replace_marked_block "$HOSTS_MARK" /etc/hosts </dev/null
-  rm -f "$INVENTORY_DIR/hosts.yml"
+  rm -f "$INVENTORY_DIR/hosts.yml" "$TORQUE_ON"
   say "stopped (keys and host state kept in $STATE_DIR)"
 }
 
@@ -529,6 +655,11 @@ cmd_status() {
     fi
     if [[ $h == batch ]]; then
       if ctld_up; then line+=", slurmctld up"; else line+=", slurmctld DOWN"; rc=1; fi
+      if torque_wanted; then
+        if batch_torque status >/dev/null 2>&1; then line+=", pbs_server up"; else line+=", Torque DOWN"; rc=1; fi
+      fi
+    elif is_worker "$h" && torque_wanted; then
+      if torque_node_up "$h"; then line+=", pbs_mom $(torque_node_state "$h")"; else line+=", pbs_mom DOWN"; rc=1; fi
     fi
     say "$line"
   done

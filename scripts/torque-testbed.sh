@@ -13,8 +13,11 @@
 # /etc/hosts (127.0.1.1) when it does not. On the first start the server database is created
 # (`pbs_server -t create`) and torque.setup's steps are done here (torque.setup itself is `#!/bin/sh` with bash
 # syntax): root@<host> becomes manager and operator, queue `batch` is the default, scheduling is on. This
-# host is node <host> (np = its cores). Daemons are found by their pid/lock files and by the program they
-# run (/proc/PID/exe under the install prefix), never by name alone.
+# host is node <host> (np = its cores); SKYGRID_TORQUE_MOM=0 starts no pbs_mom and makes no node for this host
+# (a batch server that is not a compute node: scripts/multihost-testbed.sh runs this script inside its mh-batch).
+# Daemons are found by their pid/lock files and by the program they run (/proc/PID/exe under the install
+# prefix) in this script's own mount namespace, never by name alone: the multi-host test bed's hosts run the
+# same programs beside this one.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -29,6 +32,8 @@ SCHED_LOCK=$PBS_HOME/sched_priv/sched.lock
 MOM_LOCK=$PBS_HOME/mom_priv/mom.lock
 WAIT_SERVER=${SKYGRID_TORQUE_WAIT_SERVER:-60}
 WAIT_MOM=${SKYGRID_TORQUE_WAIT_MOM:-120}
+WITH_MOM=${SKYGRID_TORQUE_MOM:-1}
+MOUNT_NS=$(readlink /proc/self/ns/mnt)
 
 die() { echo "torque-testbed.sh: $*" >&2; exit 2; }
 log() { echo "==> $*"; }
@@ -41,11 +46,13 @@ exe_of() { # pid: its executable; one replaced by a rebuild since it started sti
   echo "${exe% (deleted)}"
 }
 
-# pids of processes running $SBIN/<program> (exact executable, not a name match)
+# pids of processes running $SBIN/<program> (exact executable, not a name match) in this mount namespace:
+# another host's daemons (a namespace of the multi-host test bed) are not this test bed's
 program_pids() {
   local exe=$SBIN/$1 proc
   for proc in /proc/[0-9]*; do
-    [[ $(exe_of "${proc#/proc/}") == "$exe" ]] && echo "${proc#/proc/}"
+    [[ $(exe_of "${proc#/proc/}") == "$exe" && $(readlink "$proc/ns/mnt" 2>/dev/null) == "$MOUNT_NS" ]] &&
+      echo "${proc#/proc/}"
   done
   return 0
 }
@@ -54,7 +61,7 @@ lock_pid() { # lockfile program: the pid in a Torque lock file when that process
   local pid
   [[ -s $1 ]] || return 1
   pid=$(tr -dc '0-9' <"$1")
-  [[ -n $pid && $(exe_of "$pid") == "$SBIN/$2" ]] && echo "$pid"
+  [[ -n $pid && $(exe_of "$pid") == "$SBIN/$2" && $(readlink "/proc/$pid/ns/mnt" 2>/dev/null) == "$MOUNT_NS" ]] && echo "$pid"
 }
 
 server_pid() { # `pbs_server -t create` leaves no server.lock behind (6.1.3): then by its executable
@@ -108,8 +115,13 @@ qmgr_set() { "$BIN/qmgr" -c "$1" >/dev/null || die "qmgr -c '$1' failed"; }
 configure_server() { # torque.setup's steps, only where the server differs
   local server queue
   server=$("$BIN/qmgr" -c "print server")
-  grep -q "managers = .*root@$HOST\|managers += root@$HOST" <<<"$server" || qmgr_set "set server managers += root@$HOST"
-  grep -q "operators = .*root@$HOST\|operators += root@$HOST" <<<"$server" || qmgr_set "set server operators += root@$HOST"
+  # pbs_server accepts a manager's host only by its canonical name (the first name resolving gives: on a host
+  # whose name resolves to NAME.DOMAIN, "root@NAME" is a "Bad ACL entry")
+  local admin
+  admin=$(getent hosts "$HOST" | awk '{print $2; exit}')
+  admin=root@${admin:-$HOST}
+  grep -q "managers = .*$admin\|managers += $admin" <<<"$server" || qmgr_set "set server managers += $admin"
+  grep -q "operators = .*$admin\|operators += $admin" <<<"$server" || qmgr_set "set server operators += $admin"
   grep -q "^set server scheduling = True" <<<"$server" || qmgr_set "set server scheduling = True"
   # vo_demand reads every user's jobs
   grep -q "^set server query_other_jobs = True" <<<"$server" || qmgr_set "set server query_other_jobs = True"
@@ -125,6 +137,7 @@ configure_server() { # torque.setup's steps, only where the server differs
   grep -q "enabled = True" <<<"$queue" || qmgr_set "set queue batch enabled = True"
   grep -q "started = True" <<<"$queue" || qmgr_set "set queue batch started = True"
   grep -q "^set server default_queue = batch" <<<"$server" || qmgr_set "set server default_queue = batch"
+  [[ $WITH_MOM == 1 ]] || return 0
   if ! "$BIN/pbsnodes" -x "$HOST" >/dev/null 2>&1; then
     log "creating node $HOST (np=$NP)"
     qmgr_set "create node $HOST np=$NP"
@@ -169,6 +182,10 @@ start() {
   if ! lock_pid "$SCHED_LOCK" pbs_sched >/dev/null; then
     log "starting pbs_sched"
     "$SBIN/pbs_sched"
+  fi
+  if [[ $WITH_MOM != 1 ]]; then
+    log "torque test bed up: server $HOST (no pbs_mom here: SKYGRID_TORQUE_MOM=0), commands in $BIN"
+    return 0
   fi
   local mom
   if mom=$(lock_pid "$MOM_LOCK" pbs_mom) && [[ $restart_mom == changed ]]; then
@@ -237,7 +254,8 @@ status() {
   if [[ -n $(program_pids trqauthd) ]]; then echo "trqauthd: running"; else echo "trqauthd: not running"; rc=1; fi
   if server_pid >/dev/null && server_answers; then echo "pbs_server: running"; else echo "pbs_server: not running"; rc=1; fi
   if lock_pid "$SCHED_LOCK" pbs_sched >/dev/null; then echo "pbs_sched: running"; else echo "pbs_sched: not running"; rc=1; fi
-  if lock_pid "$MOM_LOCK" pbs_mom >/dev/null; then echo "pbs_mom ($HOST): running"; else echo "pbs_mom ($HOST): not running"; rc=1; fi
+  if [[ $WITH_MOM != 1 ]]; then :
+  elif lock_pid "$MOM_LOCK" pbs_mom >/dev/null; then echo "pbs_mom ($HOST): running"; else echo "pbs_mom ($HOST): not running"; rc=1; fi
   if ((rc == 0)); then
     "$BIN/pbsnodes" -a
   fi

@@ -30,6 +30,8 @@ MARK="# skygrid torque test bed ($NS)"
 die() { echo "netns-mom.sh: $*" >&2; exit 2; }
 log() { echo "==> $*"; }
 [[ $(id -u) == 0 ]] || die "run as root"
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "$(readlink -f "$0")")/mom-home.sh"
 
 mom_pid() {
   local pid
@@ -59,16 +61,7 @@ start() {
     "10.254.78.4 sgtrq-vm3 $MARK" >>/etc/hosts
   mkdir -p "/etc/netns/$NS"
   printf '127.0.0.1 localhost\n%s %s\n%s %s\n' "$ADDR_NS" "$NODE" "$ADDR_HOST" "$SERVER" >"/etc/netns/$NS/hosts"
-  # the layout `make install` gives PBS_HOME, as far as a MOM needs it (without it pbs_mom exits 3, silently)
-  mkdir -p "$MOM_HOME/mom_priv/jobs" "$MOM_HOME/spool" "$MOM_HOME/undelivered" "$MOM_HOME/checkpoint" \
-    "$MOM_HOME/aux" "$MOM_HOME/mom_logs" "$MOM_HOME/job_logs"
-  chmod 0751 "$MOM_HOME/mom_priv" "$MOM_HOME/mom_priv/jobs"
-  chmod 1777 "$MOM_HOME/spool" "$MOM_HOME/undelivered" "$MOM_HOME/checkpoint"
-  touch "$MOM_HOME/pbs_environment"
-  echo "$SERVER" >"$MOM_HOME/server_name"
-  # reports every 10 s (default 45 s): a new node turns free sooner
-  # shellcheck disable=SC2016 # $pbsserver etc. are MOM directives, not shell variables
-  printf '$pbsserver %s\n$usecp *:/ /\n$status_update_time 10\n$check_poll_time 10\n' "$SERVER" >"$MOM_HOME/mom_priv/config"
+  torque_mom_home "$MOM_HOME" "$SERVER"
   if ! mom_pid >/dev/null; then
     log "starting pbs_mom $NODE in namespace $NS ($ADDR_NS)"
     ip netns exec "$NS" "$PREFIX/sbin/pbs_mom" -d "$MOM_HOME" -H "$NODE"

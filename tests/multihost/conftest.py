@@ -4,6 +4,7 @@ inventories/multihost. The playbooks run against it unchanged, as a site admin r
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -30,6 +31,15 @@ ALL_SLOTS = [slot for host in WORKERS for slot in SLOTS[host]]
 
 def fqdn(host):
     return "%s.%s" % (host, DOMAIN)
+
+
+def host_of(slot):
+    return slot.rsplit("-", 2)[0]
+
+
+def console_log(slot):
+    """The VM's serial console, in its worker node's private /var/log/libvirt."""
+    return os.path.join(STATE, "hosts", host_of(slot)[3:], "var-log-libvirt", "qemu", slot + "-console.log")
 
 
 def run_playbook(name, *args):
@@ -79,6 +89,24 @@ def leases():
         "print(json.dumps({r[0]: {'ip': r[1], 'mac': r[2], 'pool': r[3]} for r in "
         "(c.execute('select owner, ip, mac, pool from leases') if c else [])}))"), check=True).stdout
     return json.loads(out)
+
+
+def checked_leases():
+    """The IPAM host's leases, checked: one a slot, no IP or MAC twice across hosts, each in its worker node's
+    subnet and taken by its VM (DHCP reservation); no worker node keeps a lease database of its own."""
+    leased = leases()
+    assert sorted(leased) == sorted(ALL_SLOTS)
+    ips = [lease["ip"] for lease in leased.values()]
+    macs = [lease["mac"] for lease in leased.values()]
+    assert len(set(ips)) == len(ips) and len(set(macs)) == len(macs), leased
+    for slot, lease in leased.items():
+        host = host_of(slot)
+        subnet = "10.254.9%s.0/24" % host[-1]
+        assert ipaddress.ip_address(lease["ip"]) in ipaddress.ip_network(subnet), (slot, lease)
+        assert lease["ip"] in virsh(host, "domifaddr", slot, "--source", "lease")  # took exactly its lease
+    for host in WORKERS:
+        assert in_host(host, "test", "-e", "/var/lib/skygrid/ipam.sqlite").returncode == 1
+    return leased
 
 
 def wait_for(what, check, timeout=60.0):
