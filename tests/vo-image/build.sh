@@ -85,8 +85,10 @@ KVER_PKG=$(apt-cache show --no-all-versions "$KPKG" 2>/dev/null | sed -n 's/^Ver
 
 # --- cache key ----------------------------------------------------------------------------------
 overlay_digest() {
-  (cd "$OVERLAY" && find . -mindepth 1 -printf '%y %m %p %l\n' | LC_ALL=C sort &&
-    find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+  # Python's byte-code caches (a checkout where the firstboot script was compiled) are neither in the key
+  # nor in the image: they would make two checkouts of one commit build two different images.
+  (cd "$OVERLAY" && find . -mindepth 1 -name __pycache__ -prune -o -printf '%y %m %p %l\n' | LC_ALL=C sort &&
+    find . -name __pycache__ -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
 }
 key_inputs() {
   echo "suite $SUITE size $SIZE_MB"
@@ -232,7 +234,7 @@ rm -f "$ROOT/etc/dpkg/dpkg.cfg.d/skygrid-vo-build-unsafe-io"
 say "debootstrap done in $((SECONDS - TD))s ($(du -sm "$ROOT" | cut -f1) MiB)"
 
 say "applying overlay/ and image policy"
-tar -C "$OVERLAY" --owner=0 --group=0 -cf - . | tar -C "$ROOT" -xf -
+tar -C "$OVERLAY" --owner=0 --group=0 --exclude=__pycache__ -cf - . | tar -C "$ROOT" -xf -
 chmod 0755 "$ROOT"
 ln -sfn /bin/busybox "$ROOT/sbin/init"
 # HEPiX image policy: no credentials, no host identity, no accounts with passwords, no ssh server.
