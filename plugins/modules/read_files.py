@@ -76,6 +76,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import 
 
 
 class ReadFilesModule(FabricModule):
+    supports_check_mode = True  # reads only
     argument_spec = dict(
         paths=dict(type="list", elements="path", required=True),
         missing_ok=dict(type="bool", default=False),
