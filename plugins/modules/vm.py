@@ -28,7 +28,10 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    description: Reports what would be defined, created, started or removed, and changes nothing.
+    description:
+      - Reports what would be defined, created, started or removed, and changes nothing.
+      - A pool, network or staged image that does not exist yet (a new node, where earlier tasks of the run
+        create them) is planned on with a warning; without check mode each is an error.
   diff_mode:
     support: full
     description: Shows each VM's spec before and after, keyed by VM name.

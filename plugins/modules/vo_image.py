@@ -59,7 +59,10 @@ requirements:
 attributes:
   check_mode:
     support: full
-    description: Fetches and verifies the image list, reports what would be staged, replaced or removed, and changes nothing.
+    description:
+      - Fetches and verifies the image list, reports what would be staged, replaced or removed, and changes nothing.
+      - A pool that does not exist yet (a new node, whose pool an earlier task of the run creates) is planned
+        into with a warning; without check mode a missing pool is an error.
   diff_mode:
     support: full
     description: Shows each volume's provenance record before and after, keyed by volume name.
@@ -619,9 +622,11 @@ class VoImageModule(FabricModule):
         if params["max_virtual_size_gb"] <= 0:
             raise FabricError("must be a positive number of GiB (default %d)" % DEFAULT_MAX_VIRTUAL_SIZE_GB,
                               field="max_virtual_size_gb")
+        # A check run on a new node: the pool the hypervisor role would create earlier in the run is not there.
         return ImageStager(conn, params["pool"], params["vo"], self.reconciler, timeout=params["timeout"],
                            validate_certs=params["validate_certs"], provenance_log=params["provenance_log"],
-                           max_virtual_size=params["max_virtual_size_gb"] * GIB)
+                           max_virtual_size=params["max_virtual_size_gb"] * GIB,
+                           plan_missing_pool=self.module.check_mode and params["state"] == "present")
 
     def warn_all(self, stager):
         for warning in stager.warnings:

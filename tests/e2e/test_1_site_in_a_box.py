@@ -8,7 +8,7 @@ import os
 import subprocess
 import time
 
-from sitebox import ROOT, VOS, assert_unchanged, run_playbook, sh
+from sitebox import ROOT, VOS, assert_unchanged, recap, run_playbook, sh
 
 HOST = "localhost"
 SLOTS = ["%s-%s-1" % (HOST, vo) for vo in VOS]
@@ -48,6 +48,22 @@ def test_check_mode_shows_the_plan_and_changes_nothing(site):
         assert slot in out and slot not in virsh("list", "--all", "--name")  # in the plan and the diff
     assert not set(SLOTS) & all_slurm_nodes()
     assert not set(SLOTS) & set(leases())
+
+
+def test_check_mode_on_a_new_node_plans_its_fabric_too(site):
+    """What a site admin runs first on a new worker node: --check --diff, with no image pool and no VM network
+    yet (here: names no run created). It plans the pool, the network, the images and the VMs, and creates none."""
+    fabric = json.dumps({"fabric_image_pool": "sgnew-images", "fabric_image_pool_path": "/var/lib/skygrid-test/sgnew-images",
+                         "fabric_vm_network": {"name": "sgnew-net", "mode": "isolated", "bridge": "sgnew0", "pool": "sitevm"}})
+    rc, out = run_playbook("convert_worker_nodes", "--check", "--diff", "-e", fabric)
+    assert rc == 0, out[-3000:]
+    assert "storage pool 'sgnew-images' does not exist yet" in out  # the images are planned into it
+    assert "libvirt network 'sgnew-net' does not exist (yet)" in out  # the VMs' NICs are planned onto it
+    assert recap(out)[3] == 0 and recap(out)[1] > 0 and all(slot in out for slot in SLOTS)
+    assert "sgnew-images" not in virsh("pool-list", "--all", "--name").split()
+    assert "sgnew-net" not in virsh("net-list", "--all", "--name").split()
+    assert not os.path.exists("/var/lib/skygrid-test/sgnew-images")
+    assert not set(SLOTS) & set(virsh("list", "--all", "--name").split())
 
 
 def test_convert_is_idempotent_and_runs_each_vo_job_in_its_vm(converted_site):
@@ -112,6 +128,56 @@ def test_a_vm_started_again_rejoins_its_cluster(converted_site):
     assert node_state(slot, vo) == "idle", "%s is %s after the VM restarted" % (slot, node_state(slot, vo))
     rc, out = run_playbook("convert_worker_nodes")
     assert_unchanged(rc, out, "a convert run after the VM restarted")
+
+
+def slurmctld_port(vo):
+    with open("/etc/slurm/vo/%s/slurm.conf" % vo) as handle:
+        return next(line.split("=", 1)[1].strip() for line in handle if line.startswith("SlurmctldPort="))
+
+
+RETRYING = "skygrid-slurm-join: slurmd could not join"
+
+
+def console_log(slot):
+    with open("/var/log/libvirt/qemu/%s-console.log" % slot, errors="replace") as handle:
+        return handle.read()
+
+
+def test_a_slot_that_cannot_reach_its_cluster_is_named_and_joins_once_it_can(converted_site):
+    """A slot's VM boots while its VO's slurmctld cannot be reached (its port dropped on the VM network, as a
+    firewall mistake or a slurmctld restart at that moment would do): the convert fails naming the slot and
+    its console log and keeps the VM; once the port is open the VM's slurmd joins by itself (configless
+    slurmd exits when it cannot fetch its configuration: the join script retries it), so a run converges."""
+    vo, slot = VOS[1], SLOTS[1]
+    bridge = next(line.split()[1] for line in virsh("net-info", "skygrid-sitevm").splitlines() if line.startswith("Bridge:"))
+    drop = ["PREROUTING", "-i", bridge, "-p", "tcp", "--dport", slurmctld_port(vo), "-j", "DROP"]
+    virsh("destroy", slot)  # the VM off and its node gone: the convert starts it and registers the node anew
+    sh("scontrol", "delete", "nodename=" + slot, vo=vo)
+    sh("iptables", "-t", "raw", "-I", *drop)
+    try:
+        rc, out = run_playbook("convert_worker_nodes", "-e", "vm_slots_join_timeout=30")
+        assert rc != 0, "the convert passed although %s could not join:\n%s" % (slot, out[-3000:])
+        message = next((line for line in out.splitlines() if "did not join the batch system" in line), "")
+        assert "%s did not join the batch system within vm_slots_join_timeout (30 s)" % slot in message, out[-3000:]
+        assert "/var/log/libvirt/qemu/NAME-console.log" in message and SLOTS[0] not in message  # only the late slot
+        assert slot in virsh("list", "--name").split()  # the VM is kept
+        # Still unreachable: the VM's slurmd gives up (configless slurmd 22.05 exits when it cannot fetch its
+        # configuration) and the join script says so on the console and retries; without the retry the VM
+        # would never join, whatever a later run does.
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and RETRYING not in console_log(slot):
+            time.sleep(3)
+        assert RETRYING in console_log(slot), "no join retry on %s's console:\n%s" % (slot, console_log(slot)[-2000:])
+    finally:
+        sh("iptables", "-t", "raw", "-D", *drop)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and node_state(slot, vo) != "idle":
+        time.sleep(2)
+    assert node_state(slot, vo) == "idle", "%s did not join after its cluster became reachable" % slot
+    rc, out = run_playbook("convert_worker_nodes")
+    assert rc == 0, out[-3000:]
+    rc, out = run_playbook("convert_worker_nodes")
+    assert_unchanged(rc, out, "a convert run after the slot joined")
 
 
 def test_revert_leaves_nothing_behind(converted_site):

@@ -169,6 +169,8 @@ def test_slurm_vm_user_data(tmp_path, munge_key, vo_domain):
     dropin = files["/etc/systemd/system/slurmd.service.d/skygrid-dynamic.conf"]["content"].splitlines()
     assert "ConditionPathExists=" in dropin and "ExecStart=" in dropin
     assert "ExecStart=/usr/sbin/slurmd -D -s -Z -N wn042-atlas-1 --conf-server 10.20.0.1:6821" in dropin
+    # configless slurmd exits when its cluster does not answer yet: systemd starts it again, without limit
+    assert "Restart=on-failure" in dropin and "StartLimitIntervalSec=0" in dropin
     tmpfiles = files["/etc/tmpfiles.d/skygrid-munge-vo.conf"]["content"]
     assert "L+ /run/munge-vo/atlas/munge.socket.2 - - - - /run/munge/munge.socket.2" in tmpfiles
     text = files["/usr/local/sbin/skygrid-slurm-join"]["content"]
@@ -180,6 +182,8 @@ def test_slurm_vm_user_data(tmp_path, munge_key, vo_domain):
     # Run at every boot: without systemd, a slurmd that already runs has joined (nothing started twice).
     no_systemd = text[text.index("# No systemd"):]
     assert no_systemd.index("if pidof slurmd") < no_systemd.index('"$SLURMD" -Z')
+    # ... and one that cannot join yet is retried in the background (tests/e2e: a slot that cannot reach its cluster)
+    assert "while sleep 10; ! start_slurmd; do :; done" in no_systemd
 
     site = by_path(data["wn042-site-1"])
     assert base64.b64decode(site["/etc/munge/munge.key"]["content"]) == key

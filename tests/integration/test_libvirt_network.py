@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 from conftest import BASE_VOLUME, POOL, PREFIX, URI, wait_for
@@ -129,3 +130,18 @@ def test_errors_name_the_field(conn, over, field):
     assert result.failed and result["field"] == field, result.get("msg")
     with pytest.raises(libvirt.libvirtError):
         conn.networkLookupByName(NET)
+
+
+def test_a_bridge_left_on_the_host_is_named_with_the_fix(conn, netmod):
+    """A bridge of the network's name that outlived its network (libvirt reinstalled or crashed): libvirt says
+    only 'Network is already in use by interface'; the module names the bridge and how to remove it."""
+    stray = "sgtest-stray0"
+    subprocess.run(["ip", "link", "add", stray, "type", "bridge"], check=True)
+    try:
+        result = run_module("libvirt_network", net_args(bridge=stray))
+        assert result.failed and result["field"] == "bridge", result
+        assert "bridge %s already exists on this host" % stray in result["msg"]
+        assert "ip link delete %s" % stray in result["msg"]
+    finally:
+        subprocess.run(["ip", "link", "delete", stray], check=False)
+    assert ok(run_module("libvirt_network", net_args(bridge=stray)))["network"]["active"]  # converges once it is gone

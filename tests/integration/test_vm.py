@@ -89,6 +89,25 @@ def test_check_mode_changes_nothing_and_diff_shows_the_spec(conn, pool, base_vol
     ok(run_module("vm", dict(spec, state="absent")))
 
 
+def test_check_mode_plans_a_vm_on_a_pool_and_network_not_defined_yet(conn):
+    """A play's check run on a new node: the pool and network the hypervisor role defines earlier in the run
+    are not there. The VM is planned with a warning naming each; a real run fails naming the pool."""
+    name = PREFIX + "-newnode"
+    spec = vm(name=name, state="running", disks=[{"pool": PREFIX + "-no-pool", "base_volume": BASE_VOLUME}],
+              nics=[{"network": PREFIX + "-no-net", "ip": NET_PREFIX + ".32"}],
+              cloud_init={"user_data": "#cloud-config\n{}\n"})
+    result = ok(run_module("vm", spec, check=True))
+    assert result["changed"] is True and result["actions"] == [
+        "create volume %s-no-pool/%s-vda.qcow2 on %s" % (PREFIX, name, BASE_VOLUME),
+        "write NoCloud seed %s-no-pool/%s-cidata.iso" % (PREFIX, name), "define VM " + name, "start VM " + name]
+    warnings = " ".join(str(warning) for warning in result.get("warnings", []))
+    assert "storage pool '%s-no-pool' does not exist (yet)" % PREFIX in warnings
+    assert "libvirt network '%s-no-net' does not exist (yet)" % PREFIX in warnings
+    assert dom_state(conn, name) == "absent"
+    real = run_module("vm", spec)
+    assert real.failed and real["field"] == "disks[0].pool" and "does not exist" in real["msg"]
+
+
 def test_update_in_place_keeps_uuid_and_macs(conn, pool, base_volume, network):
     name = PREFIX + "-update"
     spec = vm(name=name, state="running", disks=[{"pool": POOL, "base_volume": BASE_VOLUME}],

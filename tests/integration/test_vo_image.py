@@ -315,6 +315,25 @@ def test_check_mode_stage_and_idempotency(env, pool, lv):
     assert len(log_events(env)) == 1
 
 
+def test_check_mode_plans_into_a_pool_not_created_yet(env, pool):
+    """A play's check run on a new node: the pool the hypervisor role defines earlier in the run is not there.
+    The list is still fetched and verified, every image is planned, a warning names the pool; a real run fails."""
+    url = env.publish("new.list", [env.entry("a1.qcow2", "img-a", title="Worker", version="1.0")])
+    args = env.args(url, image="Worker", pool="sgimg-not-yet")
+    planned = ok(run_module("vo_image", args, check=True, diff=True))
+    volume = "atlas+img-a+1.0.qcow2"
+    assert planned["changed"] is True and planned["actions"] == [
+        "stage sgimg-not-yet/%s from %s (sha512 %s...)" % (volume, env.url("a1.qcow2"), sha512_of(env.files["a1.qcow2"])[:16])]
+    assert planned["image"]["path"] is None and planned["image_list"]["endorser"]["dn"] == env.pki.endorsers()[0]["dn"]
+    assert any("storage pool 'sgimg-not-yet' does not exist yet" in str(warning) for warning in planned.get("warnings", []))
+    conn = pool.connect()
+    assert "sgimg-not-yet" not in conn.listStoragePools() + conn.listDefinedStoragePools()  # nothing created
+    failed(run_module("vo_image", args), "pool", "storage pool 'sgimg-not-yet' does not exist")
+    # only a check run plans: an unsigned list is still refused there
+    bad = env.publish("new-unsigned.list", None, raw=b"not a signed list")
+    assert run_module("vo_image", env.args(bad, image="Worker", pool="sgimg-not-yet"), check=True).failed
+
+
 def test_raw_image_is_converted_to_qcow2(env, pool):
     url = env.publish("b.list", [env.entry("b.raw", "img-b")])
     staged = ok(run_module("vo_image", env.args(url, image="img-b")))

@@ -193,6 +193,41 @@ class PoolStore:
         return locks.volume_use(self.name, "pool", shared=False)
 
 
+class MissingPoolStore:
+    """A pool that does not exist yet, planned in check mode: an earlier task of the same run (the hypervisor
+    role, skygrid.fabric.libvirt_pool) creates it, so a check run on a new node shows the images it would
+    stage instead of failing. It holds nothing: no image, record or accepted list; every image is to stage."""
+
+    def __init__(self, name):
+        self.name = name
+        self.pool = None
+        self.path = None
+        self.warnings = ["storage pool '%s' does not exist yet: check mode shows what a run would stage once it is "
+                         "created (skygrid.fabric.libvirt_pool, the hypervisor role's hypervisor_image_pool); a run "
+                         "in which nothing creates it fails" % name]
+
+    def volume_path(self, volume):
+        return None
+
+    def partial_path(self, volume, sha512):
+        return None
+
+    def read_record(self, volume):
+        return None
+
+    def records(self):
+        return []
+
+    def accepted_lists(self, vo):
+        return {}
+
+    def lists_path(self, vo):
+        return None
+
+    def check_space(self, needed, what, outcome=None):
+        """Nothing to measure until the pool exists."""
+
+
 def staged_record(pool, volume):
     """``(path, record)`` of a volume vo_image staged into ``pool``, or None: a pool whose volumes are not
     files here, or a volume no provenance record vouches for (not staged by vo_image)."""

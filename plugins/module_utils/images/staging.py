@@ -30,7 +30,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.images.formats impo
     DEFAULT_MAX_VIRTUAL_SIZE, convert_to_qcow2, inspect, qcow2_bytes)
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.names import check_title, name_part, normalise_format, normalise_sha512, volume_name
 from ansible_collections.skygrid.fabric.plugins.module_utils.images.pool_store import (
-    PoolStore, fsync_path, is_no_space, unlink_if_present)
+    MissingPoolStore, PoolStore, fsync_path, is_no_space, unlink_if_present)
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import storage
 from ansible_collections.skygrid.fabric.plugins.module_utils.vm import spec as vm_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
@@ -90,7 +90,7 @@ class ImageStager:
     """Stages, removes and prunes one VO's images in one pool, recording every change with the Reconciler."""
 
     def __init__(self, conn, pool_name, vo, reconciler, timeout=60, validate_certs=True, provenance_log=None,
-                 clock=image_list.utcnow, max_virtual_size=DEFAULT_MAX_VIRTUAL_SIZE):
+                 clock=image_list.utcnow, max_virtual_size=DEFAULT_MAX_VIRTUAL_SIZE, plan_missing_pool=False):
         self.conn = conn
         self.vo = name_part(vo, "VO name", "vo")
         self.reconciler = reconciler
@@ -99,9 +99,13 @@ class ImageStager:
         self.provenance_log = provenance_log
         self.clock = clock
         self.max_virtual_size = max_virtual_size
-        self.pool = storage.pool_by_name(conn, pool_name, "pool")
-        self.store = PoolStore(self.pool)
+        # plan_missing_pool (check mode only): a pool not created yet is planned into, not an error.
+        self.pool = storage.pool_by_name(conn, pool_name, "pool", missing_ok=plan_missing_pool)
+        self.store = PoolStore(self.pool) if self.pool is not None else MissingPoolStore(pool_name)
         self.host = socket.gethostname()
+
+    def _volume(self, name):
+        return storage.volume(self.pool, name) if self.pool is not None else None
 
     @property
     def warnings(self):
@@ -216,12 +220,12 @@ class ImageStager:
     def ensure(self, item):
         """Stage one item unless its volume is already the same image. Returns the item's result."""
         field = item["field"]
-        vol = storage.volume(self.pool, item["volume"])
+        vol = self._volume(item["volume"])
         if vol is None:  # staged by an earlier release under a name of the old scheme? Then that one is it.
             legacy = self._legacy_volume(item)
             if legacy is not None:
                 item = dict(item, volume=legacy)
-                vol = storage.volume(self.pool, legacy)
+                vol = self._volume(legacy)
         volume = item["volume"]
         record = self.store.read_record(volume)
         path = self.store.volume_path(volume)
@@ -315,7 +319,7 @@ class ImageStager:
         """Fail before downloading an image the pool's filesystem clearly cannot hold (its declared size,
         less what an interrupted download already wrote)."""
         partial = self.store.partial_path(item["volume"], item["sha512"])
-        done = os.path.getsize(partial) if os.path.isfile(partial) else 0
+        done = os.path.getsize(partial) if partial and os.path.isfile(partial) else 0
         self.store.check_space(max(item["size"] - done, 0), "image %s version %s (%d bytes declared%s)" % (
             item["image_id"], item["version"], item["size"], ", %d already downloaded" % done if done else ""))
 
@@ -461,7 +465,7 @@ class ImageStager:
         image leaves the list and is pruned; new images get the unambiguous names."""
         legacy = "-".join(part for part in (self.vo, item["image_id"], item["version"]) if part) + ".qcow2"
         record = self.store.read_record(legacy)
-        if record and self._same_image(record, item) and storage.volume(self.pool, legacy) is not None:
+        if record and self._same_image(record, item) and self._volume(legacy) is not None:
             return legacy
         return None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import network_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.connection import libvirt, libvirt_errors, lookup
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.objects import ObjectKind
@@ -30,6 +31,23 @@ class NetworkKind(ObjectKind):
 
     def from_xml(self, xml):
         return network_spec.from_xml(xml)
+
+    def start(self, obj):
+        try:
+            obj.create()
+        except libvirt.libvirtError as exc:
+            message = exc.get_error_message() or ""
+            # libvirt's words differ by mode: "Network is already in use by interface X" (the bridge has an
+            # address), "error creating bridge interface X: File exists"
+            if "already in use by interface" not in message and not ("bridge interface" in message and "File exists" in message):
+                raise
+            bridge = ET.fromstring(obj.XMLDesc(0)).find("bridge").get("name")
+            # A bridge of that name outlived the network that made it (libvirt reinstalled or crashed, an older
+            # definition removed) or belongs to another tool: libvirt will not take it over.
+            raise FabricError("network %s cannot start: its bridge %s already exists on this host and is not this "
+                              "network's (a bridge an earlier libvirt network or another tool left). If nothing uses it, "
+                              "remove it (ip link delete %s) and run again; otherwise give the network another bridge "
+                              "name" % (self.name, bridge, bridge), field="bridge")
 
     def xml_of(self, obj, inactive):
         return obj.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE if inactive else 0)

@@ -17,8 +17,11 @@ GIB = 1024 ** 3
 PRIVATE_MODE = "0600"
 
 
-def pool_by_name(conn, name, field):
+def pool_by_name(conn, name, field, missing_ok=False):
+    """The active pool ``name``; with ``missing_ok``, None when it does not exist (an inactive one is an error)."""
     pool = lookup(conn.storagePoolLookupByName, name)
+    if pool is None and missing_ok:
+        return None
     if pool is None:
         names = sorted(conn.listStoragePools() + conn.listDefinedStoragePools())
         raise FabricError("storage pool '%s' does not exist (pools: %s); create it with "

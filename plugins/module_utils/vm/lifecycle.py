@@ -74,6 +74,7 @@ class VmLifecycle:
         self.reconciler = reconciler
         self._virt_type = None
         self._host_limits = None
+        self._planned_objects = set()  # pools and networks a check run found missing (warned once each)
 
     # ------------------------------------------------------------ planning
 
@@ -103,6 +104,16 @@ class VmLifecycle:
             self._virt_type = host.resolve_virt_type(self.conn, self.uri, "auto")
         return self._virt_type
 
+    def _pool(self, name, field):
+        """The pool ``name``; in check mode None when it does not exist yet (a play's check run creates nothing,
+        so the pool an earlier task defines is not there), with a warning: the real run fails without it."""
+        pool = storage.pool_by_name(self.conn, name, field, missing_ok=self.reconciler.check_mode)
+        if pool is None and name not in self._planned_objects:
+            self._planned_objects.add(name)
+            self.reconciler.warn("%s: storage pool '%s' does not exist (yet); the real run fails unless an earlier "
+                                 "task creates it" % (field, name))
+        return pool
+
     def _check_against_host(self, spec):
         if self._host_limits is None:
             self._host_limits = host.host_limits(self.conn, self.uri)
@@ -115,7 +126,9 @@ class VmLifecycle:
                               % (spec["memory_mb"], memory_mb), field="memory_mb")
         for index, disk in enumerate(spec["disks"]):
             field = "disks[%d]" % index
-            pool = storage.pool_by_name(self.conn, disk["pool"], field + ".pool")
+            pool = self._pool(disk["pool"], field + ".pool")
+            if pool is None:
+                continue
             if disk["base_volume"] and storage.volume(pool, disk["base_volume"]) is None:
                 if self.reconciler.check_mode:
                     # A play's check run stages nothing, so the image a later task uses is not there yet.
@@ -129,9 +142,15 @@ class VmLifecycle:
                 raise FabricError("volume '%s' not found in pool '%s'" % (disk["volume"], disk["pool"]),
                                   field=field + ".volume")
         if spec["seed"]:
-            storage.pool_by_name(self.conn, spec["seed"]["pool"], "seed_pool")
+            self._pool(spec["seed"]["pool"], "seed_pool")
         for index, nic in enumerate(spec["nics"]):
             if nic["network"] and lookup(self.conn.networkLookupByName, nic["network"]) is None:
+                if self.reconciler.check_mode:
+                    if nic["network"] not in self._planned_objects:
+                        self._planned_objects.add(nic["network"])
+                        self.reconciler.warn("nics[%d].network: libvirt network '%s' does not exist (yet); the real "
+                                             "run fails unless an earlier task defines it" % (index, nic["network"]))
+                    continue
                 names = sorted(self.conn.listNetworks() + self.conn.listDefinedNetworks())
                 raise FabricError("libvirt network '%s' does not exist (networks: %s); define it with "
                                   "skygrid.fabric.libvirt_network or correct the name"
@@ -227,7 +246,11 @@ class VmLifecycle:
             if not disk["owned"]:
                 continue
             field = "disks[%d]" % index
-            pool = storage.pool_by_name(self.conn, disk["pool"], field + ".pool")
+            pool = self._pool(disk["pool"], field + ".pool")
+            if pool is None:  # check mode, the pool not there yet
+                reconciler.act("create volume %s/%s" % (disk["pool"], disk["volume"])
+                               + (" on %s" % disk["base_volume"] if disk["base_volume"] else ""), lambda: None)
+                continue
             if storage.volume(pool, disk["volume"]) is not None:
                 continue
             backing, capacity = None, (disk["size_gb"] or 0) * storage.GIB
@@ -240,9 +263,9 @@ class VmLifecycle:
                            storage.create_qcow2, pool, disk["volume"], capacity, backing, field)
         seed = plan.wanted["seed"]
         if seed:
-            pool = storage.pool_by_name(self.conn, seed["pool"], "seed_pool")
+            pool = self._pool(seed["pool"], "seed_pool")
             old_seed = plan.current["seed"] if plan.current else None
-            present = storage.volume(pool, seed["volume"])
+            present = storage.volume(pool, seed["volume"]) if pool is not None else None
             if present is None or old_seed != seed or not storage.is_private(present):
                 reconciler.act("write NoCloud seed %s/%s" % (seed["pool"], seed["volume"]),
                                lambda: storage.upload(self.conn, pool, seed["volume"],
@@ -290,7 +313,8 @@ class VmLifecycle:
             if not disk["base_volume"]:
                 continue
             field = "disks[%d].base_volume" % index
-            staged = pool_store.staged_record(storage.pool_by_name(self.conn, disk["pool"], field), disk["base_volume"])
+            pool = self._pool(disk["pool"], field)
+            staged = pool_store.staged_record(pool, disk["base_volume"]) if pool is not None else None
             if staged is None:
                 continue  # not staged by vo_image (or not yet, in a check run): no record to hold it to
             path, record = staged
