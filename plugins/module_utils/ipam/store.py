@@ -141,8 +141,17 @@ class LeaseStore:
 
     def _check_ours(self, conn):
         """True for an initialised IPAM database, False for an empty one; raises for anything else."""
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        tables = self._tables(conn)
+        # One read transaction for the id and the tables: a run creating the database at this moment commits
+        # both at once, and two autocommit reads could see the id before it and the tables after it.
+        own = not conn.in_transaction
+        if own:
+            conn.execute("BEGIN")
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = self._tables(conn)
+        finally:
+            if own:
+                conn.execute("COMMIT")
         if app_id == 0 and not tables:
             return False
         if app_id != APPLICATION_ID or not {"pools", "leases"} <= tables:
