@@ -108,11 +108,15 @@ class VmLifecycle:
         """The pool ``name``; in check mode None when it does not exist yet (a play's check run creates nothing,
         so the pool an earlier task defines is not there), with a warning: the real run fails without it."""
         pool = storage.pool_by_name(self.conn, name, field, missing_ok=self.reconciler.check_mode)
-        if pool is None and name not in self._planned_objects:
-            self._planned_objects.add(name)
-            self.reconciler.warn("%s: storage pool '%s' does not exist (yet); the real run fails unless an earlier "
-                                 "task creates it" % (field, name))
+        if pool is None:
+            self._warn_planned("%s: storage pool '%s'" % (field, name), name, "creates")
         return pool
+
+    def _warn_planned(self, what, name, verb):
+        """Once per missing pool or network of a check run: the real run needs an earlier task to make it."""
+        if name not in self._planned_objects:
+            self._planned_objects.add(name)
+            self.reconciler.warn("%s does not exist (yet); the real run fails unless an earlier task %s it" % (what, verb))
 
     def _check_against_host(self, spec):
         if self._host_limits is None:
@@ -146,10 +150,8 @@ class VmLifecycle:
         for index, nic in enumerate(spec["nics"]):
             if nic["network"] and lookup(self.conn.networkLookupByName, nic["network"]) is None:
                 if self.reconciler.check_mode:
-                    if nic["network"] not in self._planned_objects:
-                        self._planned_objects.add(nic["network"])
-                        self.reconciler.warn("nics[%d].network: libvirt network '%s' does not exist (yet); the real "
-                                             "run fails unless an earlier task defines it" % (index, nic["network"]))
+                    self._warn_planned("nics[%d].network: libvirt network '%s'" % (index, nic["network"]),
+                                       nic["network"], "defines")
                     continue
                 names = sorted(self.conn.listNetworks() + self.conn.listDefinedNetworks())
                 raise FabricError("libvirt network '%s' does not exist (networks: %s); define it with "
