@@ -12,4 +12,10 @@ class FabricError(Exception):
     def __init__(self, msg, field=None, **details):
         self.field = field
         self.details = details
+        self.bare_msg = msg
         super().__init__("%s: %s" % (field, msg) if field else msg)
+
+    def within(self, prefix):
+        """The same error about an item of a list option, for example ``networks[0]``."""
+        return FabricError(self.bare_msg, field="%s.%s" % (prefix, self.field) if self.field else prefix,
+                           **self.details)

@@ -45,12 +45,13 @@ class Reconciler:
     def warn(self, message):
         self.warnings.append(message)
 
-    def merge(self, child):
+    def merge(self, child, key_prefix=""):
+        """Take in a child's records; ``key_prefix`` keeps apart objects of different kinds with one name."""
         self.warnings.extend(child.warnings)
         self.changed = self.changed or child.changed
         self.actions.extend(child.actions)
-        self.before.update(child.before)
-        self.after.update(child.after)
+        self.before.update((key_prefix + key, value) for key, value in child.before.items())
+        self.after.update((key_prefix + key, value) for key, value in child.after.items())
 
     def diff(self):
         return {"before": self.before, "after": self.after}

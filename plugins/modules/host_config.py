@@ -90,6 +90,28 @@ options:
         description: Skip a node that does not exist (for example C(/dev/kvm) on a host without KVM).
         type: bool
         default: true
+  commands:
+    description:
+      - Commands run in order after everything above is written, to put it to work (start a daemon, apply
+        firewall rules). Not run in check mode. One that exits non-zero fails the task with its output.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      argv:
+        description: The program and its arguments (no shell).
+        type: list
+        elements: str
+        required: true
+      environment:
+        description: Environment variables to add for it.
+        type: dict
+        default: {}
+      changed_regex:
+        description:
+          - A regular expression searched in its standard output (multi-line); a match makes it a change.
+            Without one, running the command is not a change.
+        type: str
 attributes:
   check_mode:
     support: full
@@ -115,9 +137,46 @@ EXAMPLES = r"""
     files:
       - path: /etc/tmpfiles.d/skygrid-ksm.conf
         content: "w /sys/kernel/mm/ksm/run - - - - 1\n"
+
+- name: Write the firewall rules and apply them in the same run
+  skygrid.fabric.host_config:
+    files:
+      - path: /etc/skygrid/vm-isolation.rules
+        content: "{{ lookup('ansible.builtin.template', 'vm-isolation.rules.j2') }}"
+    commands:
+      - argv: [/usr/local/sbin/skygrid-vm-isolation]
+        changed_regex: "^changed$"
 """
 
 RETURN = r"""
+config_changed:
+  description: Whether a setting, file, kernel tunable or device changed (or would), the commands aside.
+  returned: always
+  type: bool
+commands:
+  description: Each command's outcome, in order (in check mode none ran).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    argv:
+      description: The command.
+      type: list
+      elements: str
+    ran:
+      description: Whether it ran.
+      type: bool
+    rc:
+      description: Its exit status.
+      type: int
+      returned: when it ran
+    changed:
+      description: Whether its output matched O(commands[].changed_regex).
+      type: bool
+    stdout_lines:
+      description: Its standard output, line by line.
+      type: list
+      elements: str
 actions:
   description: What was changed (or would be, in check mode), in order.
   returned: always
@@ -151,12 +210,19 @@ class HostConfigModule(FabricModule):
             mode=dict(type="str"),
             missing_ok=dict(type="bool", default=True),
         )),
+        commands=dict(type="list", elements="dict", default=[], options=dict(
+            argv=dict(type="list", elements="str", required=True),
+            environment=dict(type="dict", default={}),
+            changed_regex=dict(type="str"),
+        )),
     )
 
     def run(self):
         host_config.converge(self.reconciler, settings=self.params["settings"], files=self.params["files"],
                              kernel=self.params["kernel"], devices=self.params["devices"])
-        return {}
+        config_changed = self.reconciler.changed
+        commands = host_config.run_commands(self.reconciler, self.params["commands"])
+        return {"config_changed": config_changed, "commands": commands}
 
 
 def main():

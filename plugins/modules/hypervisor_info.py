@@ -128,16 +128,8 @@ class HypervisorInfoModule(FabricModule):
 
     def run(self):
         uri = self.params["uri"]
-        if host.is_local(uri):
-            kvm_warning = host.kvm_device_warning()
-            if kvm_warning:
-                self.reconciler.warn(kvm_warning)
         with connection(uri, readonly=True) as conn:
-            facts = host.facts(conn, uri)
-        confinement = host.confinement_warning(facts["security_models"])
-        if confinement:
-            self.reconciler.warn(confinement)
-        return {"hypervisor": facts}
+            return {"hypervisor": host.report(conn, uri, self.reconciler.warn)}
 
 
 def main():

@@ -162,33 +162,17 @@ actions:
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import network_spec
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.networks import NetworkKind
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.object_module import COMMON_OPTIONS, LibvirtObjectModule
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.object_module import NETWORK_OPTIONS, URI_OPTION, LibvirtObjectModule
 
 
 class LibvirtNetworkModule(LibvirtObjectModule):
     supports_check_mode = True
+    kind_class = NetworkKind
     result_key = "network"
-    argument_spec = dict(
-        COMMON_OPTIONS,
-        mode=dict(type="str", default="nat", choices=list(network_spec.MODES)),
-        bridge=dict(type="str"),
-        cidr=dict(type="str"),
-        gateway=dict(type="str"),
-        dhcp_range=dict(type="dict", options=dict(start=dict(type="str", required=True),
-                                                  end=dict(type="str", required=True))),
-        hosts=dict(type="list", elements="dict", options=dict(
-            mac=dict(type="str", required=True),
-            ip=dict(type="str", required=True),
-            name=dict(type="str"),
-        )),
-        domain=dict(type="str"),
-    )
+    argument_spec = dict(URI_OPTION, **NETWORK_OPTIONS)
 
     def normalise(self, params):
         return network_spec.normalise(params)
-
-    def kind(self, conn, name):
-        return NetworkKind(conn, name)
 
 
 def main():

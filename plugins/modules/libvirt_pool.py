@@ -131,29 +131,17 @@ actions:
 """
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt import pools
-from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.object_module import COMMON_OPTIONS, LibvirtObjectModule
+from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.object_module import POOL_OPTIONS, URI_OPTION, LibvirtObjectModule
 
 
 class LibvirtPoolModule(LibvirtObjectModule):
     supports_check_mode = True
+    kind_class = pools.PoolKind
     result_key = "pool"
-    argument_spec = dict(
-        COMMON_OPTIONS,
-        type=dict(type="str", default="dir", choices=list(pools.POOL_TYPES)),
-        path=dict(type="path"),
-        vg_name=dict(type="str"),
-        source_devices=dict(type="list", elements="str", default=[]),
-        mode=dict(type="str"),
-        owner=dict(type="str"),
-        group=dict(type="str"),
-        purge=dict(type="bool", default=False),
-    )
+    argument_spec = dict(URI_OPTION, **POOL_OPTIONS)
 
     def normalise(self, params):
         return pools.normalise(params)
-
-    def kind(self, conn, name):
-        return pools.PoolKind(conn, name)
 
 
 def main():

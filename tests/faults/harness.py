@@ -51,9 +51,8 @@ class Fault:
 FAULTS = [
     Fault("convert-drain", "convert_worker_nodes", "kill", "Drain the worker node", 0.5),
     Fault("convert-libvirt-config", "convert_worker_nodes", "kill", "Configure libvirt", 0.2),
-    Fault("convert-isolation", "convert_worker_nodes", "kill", "Apply the rules now", 0.2),
-    Fault("convert-network", "convert_worker_nodes", "kill", "Define and start the VM networks", 0.3),
-    Fault("convert-pool", "convert_worker_nodes", "kill", "Define, build and start the image pool", 0.2),
+    Fault("convert-isolation", "convert_worker_nodes", "kill", "Write the isolation rules", 0.2),
+    Fault("convert-fabric", "convert_worker_nodes", "kill", "Define and start the VM networks and the image pool", 0.3),
     Fault("convert-staging", "convert_worker_nodes", "kill", "Stage, verify and prune", 1.0),
     Fault("convert-lease", "convert_worker_nodes", "kill", "Lease an address", 0.3),
     Fault("convert-reservation", "convert_worker_nodes", "kill", "Reserve the leased addresses", 0.3),

@@ -66,3 +66,22 @@ def test_kvm_device_root_only_warns_with_the_fix(tmp_path, kvm_gid):
 
 def test_no_kvm_device_no_warning(tmp_path):
     assert host.kvm_device_warning(str(tmp_path / "absent")) is None
+
+
+def test_an_error_about_a_list_item_names_the_item_and_keeps_its_field():
+    from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
+    inner = FabricError("needs a restart; set allow_restart: true", field="allow_restart", blockers=["vm1"])
+    outer = inner.within("networks[1]")
+    assert outer.field == "networks[1].allow_restart" and outer.details == {"blockers": ["vm1"]}
+    assert str(outer) == "networks[1].allow_restart: needs a restart; set allow_restart: true"
+    assert FabricError("cannot define it").within("pools[0]").field == "pools[0]"
+
+
+def test_merged_records_keep_objects_of_two_kinds_with_one_name_apart():
+    from ansible_collections.skygrid.fabric.plugins.module_utils.reconcile import Reconciler
+    parent = Reconciler()
+    for prefix in ("network ", "pool "):
+        child = parent.child()
+        child.record_diff("vo", None, {"kind": prefix.strip()})
+        parent.merge(child, prefix)
+    assert parent.diff()["after"] == {"network vo": {"kind": "network"}, "pool vo": {"kind": "pool"}}

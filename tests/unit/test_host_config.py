@@ -133,3 +133,48 @@ def test_devices_group_and_mode(tmp_path):
     with pytest.raises(FabricError) as err:
         host_config.converge(Reconciler(), devices=[{"path": str(node), "group": "no-such-group-sg"}])
     assert err.value.field == "devices[0].group"
+
+
+def test_commands_run_in_order_with_their_environment_and_report_a_change_only_on_a_match(tmp_path):
+    log = tmp_path / "log"
+    rec = Reconciler()
+    outcomes = host_config.run_commands(rec, [
+        {"argv": ["sh", "-c", 'echo "first $WHO" >> %s; echo "already running"' % log], "environment": {"WHO": "a"},
+         "changed_regex": "^started$"},
+        {"argv": ["sh", "-c", "echo second >> %s; echo noise; echo started" % log], "changed_regex": "^started$"},
+    ])
+    assert log.read_text() == "first a\nsecond\n"
+    assert [o["changed"] for o in outcomes] == [False, True]
+    assert outcomes[1]["stdout_lines"] == ["noise", "started"] and outcomes[1]["rc"] == 0
+    assert rec.changed and rec.actions == ["ran sh -c echo second >> %s; echo noise; echo started (it changed something)" % log]
+
+
+def test_commands_without_a_regex_are_no_change():
+    rec = Reconciler()
+    assert host_config.run_commands(rec, [{"argv": ["echo", "started"]}])[0]["changed"] is False
+    assert not rec.changed
+
+
+def test_commands_do_not_run_in_check_mode(tmp_path):
+    marker = tmp_path / "ran"
+    rec = Reconciler(check_mode=True)
+    outcomes = host_config.run_commands(rec, [{"argv": ["touch", str(marker)], "changed_regex": "."}])
+    assert not marker.exists() and outcomes[0]["ran"] is False and not rec.changed
+
+
+def test_a_failing_command_stops_the_run_naming_it_with_its_output(tmp_path):
+    marker = tmp_path / "ran"
+    with pytest.raises(FabricError) as info:
+        host_config.run_commands(Reconciler(), [
+            {"argv": ["sh", "-c", "echo 'rules did not apply' >&2; exit 3"]},
+            {"argv": ["touch", str(marker)]},
+        ])
+    assert info.value.field == "commands[0].argv"
+    assert "exited with 3" in str(info.value) and "rules did not apply" in str(info.value)
+    assert not marker.exists()  # the next command never ran
+
+
+def test_a_missing_program_names_the_field():
+    with pytest.raises(FabricError) as info:
+        host_config.run_commands(Reconciler(), [{"argv": ["true"]}, {"argv": ["/nonexistent/skygrid-start"]}])
+    assert info.value.field == "commands[1].argv" and "/nonexistent/skygrid-start" in str(info.value)

@@ -200,3 +200,17 @@ def facts(conn, uri):
         "running_domain_count": sum(1 for dom in domains if dom.isActive()),
         "bindings_version": _version_string(libvirt.getVersion()),
     }
+
+
+def report(conn, uri, warn):
+    """The host's facts; ``warn`` is told of a /dev/kvm that makes libvirtd re-probe QEMU (local hosts)
+    and of a QEMU no security driver confines."""
+    if is_local(uri):
+        kvm_warning = kvm_device_warning()
+        if kvm_warning:
+            warn(kvm_warning)
+    result = facts(conn, uri)
+    confinement = confinement_warning(result["security_models"])
+    if confinement:
+        warn(confinement)
+    return result

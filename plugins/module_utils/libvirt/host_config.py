@@ -2,7 +2,8 @@
 # Copyright: (c) 2026, skygrid.fabric contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A hypervisor host's own configuration in one pass: ``key = value`` settings in config files
-(libvirt's qemu.conf and libvirtd.conf), whole files, kernel tunables and device node ownership.
+(libvirt's qemu.conf and libvirtd.conf), whole files, kernel tunables and device node ownership, then
+the commands that put the written configuration to work (start a daemon, apply firewall rules).
 
 One module call checks all of it, so a converge that changes nothing costs one process, not one per
 line (each Ansible task costs a fork, a Python start and its imports). Files are written atomically
@@ -15,6 +16,7 @@ import grp
 import os
 import re
 import stat
+import subprocess
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from ansible_collections.skygrid.fabric.plugins.module_utils.files import write_atomic
@@ -170,6 +172,38 @@ def _group_name(gid):
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return str(gid)
+
+
+def run_commands(rec, items):
+    """``[{argv, environment, changed_regex}]``, in order, after the configuration is written; none runs in
+    check mode. A command is a change when its standard output matches its ``changed_regex``
+    (multi-line search); a command that exits non-zero stops the run, named with its output."""
+    outcomes = []
+    for index, item in enumerate(items):
+        field = "commands[%d]" % index
+        argv = [str(arg) for arg in item["argv"]]
+        outcome = {"argv": argv, "ran": False, "changed": False, "stdout_lines": []}
+        outcomes.append(outcome)
+        if not argv:
+            raise FabricError("is empty; give the program and its arguments", field=field + ".argv")
+        if rec.check_mode:
+            continue
+        env = dict(os.environ, **{key: str(value) for key, value in (item.get("environment") or {}).items()})
+        try:
+            proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, check=False)
+        except OSError as exc:
+            raise FabricError("cannot run %s: %s" % (argv[0], exc), field=field + ".argv")
+        outcome.update(ran=True, rc=proc.returncode, stdout_lines=proc.stdout.splitlines())
+        if proc.returncode:
+            raise FabricError("%s exited with %d: %s" % (" ".join(argv), proc.returncode,
+                                                         (proc.stderr or proc.stdout).strip()[-2000:] or "no output"),
+                              field=field + ".argv", commands=outcomes)
+        pattern = item.get("changed_regex")
+        if pattern and re.search(pattern, proc.stdout, re.M):
+            outcome["changed"] = True
+            rec.act("ran %s (it changed something)" % " ".join(argv))
+    return outcomes
 
 
 def converge(rec, settings=None, files=None, kernel=None, devices=None):
