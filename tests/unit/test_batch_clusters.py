@@ -62,8 +62,9 @@ NODES = [item("wn1-atlas-1", "atlas,vm", ATLAS), item("wn1-site-1", "site,vm"), 
          item("wn1-atlas-2", "atlas,vm", ATLAS)]
 
 
-def specs(nodes=NODES):
-    return node_specs({"state": "present", "wait_drained": True, "timeout": 60, "force": False, "nodes": nodes})
+def specs(nodes=None):
+    return node_specs({"state": "present", "wait_drained": True, "timeout": 60, "force": False,
+                       "nodes": NODES if nodes is None else nodes})
 
 
 def test_each_node_is_managed_in_its_cluster_in_one_run_and_reported_in_the_given_order():
