@@ -42,6 +42,8 @@ options:
     description:
       - Several nodes in one call, all brought to O(state) (with O(wait_drained), O(timeout) and O(force)),
         in order. One module run for all of a host's VM slots instead of one per slot.
+      - The nodes may be in different clusters (each VO's own Slurm cluster) - each item's O(nodes[].environment)
+        names its cluster, so one run registers the slots of every VO.
       - Mutually exclusive with O(name).
     type: list
     elements: dict
@@ -66,6 +68,13 @@ options:
       note:
         description: As O(note).
         type: str
+      environment:
+        description:
+          - Environment variables for the batch commands about this node, naming its cluster - for a VO's own
+            Slurm cluster C(SLURM_CONF) of that cluster's C(slurm.conf) (see the P(skygrid.fabric.batch_env#filter)
+            filter). Added to the task's environment; omitted or V({}) means the cluster the task's environment reaches.
+          - The module runs each cluster's commands with its environment, in one process for all clusters.
+        type: dict
   state:
     description:
       - V(present) - the node exists with the given size and properties; its schedulability is left alone.
@@ -168,6 +177,25 @@ EXAMPLES = r"""
     address: 10.20.0.18
   delegate_to: slurmctld.example.org
 
+- name: Register a host's VM slots of two VOs, each in its VO's own Slurm cluster, in one run
+  skygrid.fabric.batch_node:
+    backend: slurm
+    state: present
+    nodes:
+      - name: wn042-atlas-1
+        cores: 4
+        properties: [atlas, vm]
+        address: 10.20.0.17
+        environment:
+          SLURM_CONF: /etc/slurm/vo/atlas/slurm.conf
+      - name: wn042-lhcb-1
+        cores: 4
+        properties: [lhcb, vm]
+        address: 10.20.0.18
+        environment:
+          SLURM_CONF: /etc/slurm/vo/lhcb/slurm.conf
+  delegate_to: slurmctld.example.org
+
 - name: Take the VM out of Slurm, waiting up to an hour for its jobs
   skygrid.fabric.batch_node:
     backend: slurm
@@ -179,7 +207,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 nodes:
-  description: With O(nodes), each node's result (C(name), C(node), C(waited)) in the order given.
+  description:
+    - With O(nodes), each node's result (C(name), C(backend), C(node) as RV(node), C(waited)) in the order given,
+      whichever cluster each node is in.
   returned: when O(nodes) is given
   type: list
   elements: dict
@@ -260,6 +290,7 @@ actions:
 """
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch import BATCH_OPTIONS, module_backend
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch.clusters import Clusters
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch.manage import (
     NODE_STATES, ensure_node, ensure_nodes, node_spec, node_specs)
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
@@ -277,6 +308,7 @@ class BatchNodeModule(FabricModule):
             properties=dict(type="list", elements="str"),
             address=dict(type="str"),
             note=dict(type="str"),
+            environment=dict(type="dict"),
         )),
         state=dict(type="str", default="present", choices=list(NODE_STATES)),
         cores=dict(type="int"),
@@ -292,14 +324,16 @@ class BatchNodeModule(FabricModule):
 
     module_kwargs = dict(mutually_exclusive=[("name", "nodes")], required_one_of=[("name", "nodes")])
 
+    def backend(self, env=None):
+        return module_backend(self.module, env=env, poll_interval=max(0.05, self.params["poll_interval"]))
+
     def run(self):
-        backend = module_backend(self.module, poll_interval=max(0.05, self.params["poll_interval"]))
         if self.params["address"] and self.params["backend"] == "torque":
             self.module.warn("address is ignored by the torque backend: Torque reaches a node by its name")
         if self.params["nodes"] is not None:
-            results = ensure_nodes(backend, node_specs(self.params), self.reconciler)
+            results = ensure_nodes(Clusters(self.backend), node_specs(self.params), self.reconciler)
             return {"nodes": results, "waited": any(result["waited"] for result in results)}
-        return ensure_node(backend, node_spec(self.params), self.reconciler)
+        return ensure_node(self.backend(), node_spec(self.params), self.reconciler)
 
 
 def main():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
 import time
 
 import pytest
@@ -23,7 +24,33 @@ PREFIX = "sgbatch-"
 DYN = PREFIX + "dyn1"
 
 
+VO_CONF_DIR = "/etc/slurm/vo"  # the test bed's per-VO clusters (atlas, lhcb), each with its own slurmctld
+
+
+def vo_env(vo):
+    return {"SLURM_CONF": "%s/%s/slurm.conf" % (VO_CONF_DIR, vo)}
+
+
+def show_node_in(env, name):
+    """``scontrol show node`` of ``name`` in the cluster ``env`` reaches, or None when it does not know it."""
+    proc = subprocess.run(["scontrol", "-o", "-F", "show", "node", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, env=dict(os.environ, **env), check=False)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def cleanup_vo_clusters():
+    for vo in ("atlas", "lhcb"):
+        env = dict(os.environ, **vo_env(vo))
+        out = subprocess.run(["scontrol", "-o", "-F", "show", "node"], stdout=subprocess.PIPE, universal_newlines=True,
+                             env=env, check=False).stdout
+        for line in out.splitlines():
+            name = line.split()[0].split("=", 1)[1] if line.startswith("NodeName=") else ""
+            if name.startswith(PREFIX):
+                subprocess.run(["scontrol", "delete", "nodename=%s" % name], env=env, check=False)
+
+
 def cleanup():
+    cleanup_vo_clusters()
     stop_test_slurmds(PREFIX)
     jobs = sh("squeue", "-h", "-o", "%i %N", check=False).stdout.split("\n")
     for line in jobs:
@@ -139,6 +166,31 @@ def test_a_nodes_list_in_one_call(slurm):
     assert bad.failed and bad["field"] == "nodes[1].name"
     gone = ok(node(state="absent", nodes=[{"name": name} for name in names]))
     assert gone["changed"] and all(show_node(name) is None for name in names)
+
+
+def test_a_nodes_list_across_the_vo_clusters_in_one_call(slurm):
+    """One run registers nodes in the site's cluster and in each VO's own (their environment), reports them in
+    the order given, and a second run changes nothing."""
+    atlas, site, lhcb = PREFIX + "vo-atlas", PREFIX + "vo-site", PREFIX + "vo-lhcb"
+    envs = {atlas: vo_env("atlas"), site: {}, lhcb: vo_env("lhcb")}
+    nodes = [{"name": atlas, "cores": 1, "properties": ["atlas", "vm"], "address": "127.0.0.1", "environment": envs[atlas]},
+             {"name": site, "cores": 1, "properties": ["site", "vm"], "address": "127.0.0.1"},
+             {"name": lhcb, "cores": 1, "properties": ["lhcb", "vm"], "address": "127.0.0.1", "environment": envs[lhcb]}]
+    checked = ok(node(check=True, diff=True, state="present", nodes=nodes))
+    assert len(checked["actions"]) == 3 and all(show_node_in(env, name) is None for name, env in envs.items())
+    created = ok(node(state="present", nodes=nodes, diff=True))
+    assert [item["name"] for item in created["nodes"]] == [atlas, site, lhcb]
+    assert [item["node"]["status"] for item in created["nodes"]] == ["future"] * 3
+    for name, env in envs.items():
+        assert "State=FUTURE" in show_node_in(env, name)
+        for other, other_env in envs.items():
+            if other_env != env:
+                assert show_node_in(other_env, name) is None, "%s leaked into the cluster of %s" % (name, other)
+    assert "AvailableFeatures=lhcb,vm" in show_node_in(envs[lhcb], lhcb)
+    again = ok(node(state="present", nodes=nodes))
+    assert not again["changed"] and again["actions"] == []
+    gone = ok(node(state="absent", nodes=[{"name": item["name"], "environment": item.get("environment")} for item in nodes]))
+    assert gone["changed"] and all(show_node_in(env, name) is None for name, env in envs.items())
 
 
 def test_registered_vm_node_drain_waits_for_a_real_job(slurm):

@@ -7,6 +7,7 @@ import pytest
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch import get_backend
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch.base import BatchBackend, NodeState
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch.clusters import Clusters
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch.manage import (
     DEFAULT_NOTE, ensure_node, ensure_nodes, node_spec, node_specs, queue_spec)
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
@@ -94,13 +95,13 @@ def test_a_nodes_list_changes_only_the_nodes_that_differ():
               "nodes": [{"name": "wn1-atlas-1", "cores": 2, "properties": ["atlas", "vm"]},
                         {"name": "wn1-lhcb-1", "cores": 1, "properties": ["lhcb", "vm"]}]}
     reconciler = Reconciler()
-    results = ensure_nodes(backend, node_specs(params), reconciler)
+    results = ensure_nodes(Clusters(lambda env: backend), node_specs(params), reconciler)
     assert backend.changes == [("add", "wn1-lhcb-1", 1, ["lhcb", "vm"])]
     assert [result["name"] for result in results] == ["wn1-atlas-1", "wn1-lhcb-1"]
     assert reconciler.actions == ["add node wn1-lhcb-1 (1 cores, properties lhcb,vm)"]
     assert sorted(reconciler.diff()["after"]) == ["wn1-atlas-1", "wn1-lhcb-1"]
     again = Reconciler()
-    ensure_nodes(backend, node_specs(params), again)
+    ensure_nodes(Clusters(lambda env: backend), node_specs(params), again)
     assert not again.changed
 
 

@@ -79,6 +79,16 @@ def test_batch_node_items_keep_what_batch_node_takes():
     assert torque[0]["memory_mb"] == 4096 and len(torque) == len(plan)
 
 
+def test_batch_node_items_carry_their_vos_environment():
+    plan = plan_slots("wn1", 10, 64000, VOS)
+    atlas = {"SLURM_CONF": "/etc/slurm/vo/atlas/slurm.conf"}
+    items = batch_node_items(batch_nodes(plan, VOS), "slurm", {"atlas": atlas, "lhcb": {}})
+    assert [item["environment"] for item in items] == [atlas if slot["vo"] == "atlas" else {} for slot in plan]
+    assert batch_node_items(batch_nodes(plan, VOS), "slurm", {"atlas": atlas})[-1]["environment"] == {}
+    items[0]["environment"]["SLURM_CONF"] = "changed"
+    assert atlas["SLURM_CONF"] == "/etc/slurm/vo/atlas/slurm.conf"
+
+
 # ---------------------------------------------------------------- a host's slots after a rebalance
 
 EVEN = {"atlas": {"share": 50, "vm": {"vcpus": 1, "memory_mb": 512}},

@@ -30,7 +30,7 @@ def get_backend(name, runner, **options):
     return cls(runner, **options)
 
 
-def module_backend(module, **options):
+def module_backend(module, env=None, **options):
     """The backend a batch module's ``backend`` and ``bin_dir`` name, running its commands through ``module``
-    (an AnsibleModule)."""
-    return get_backend(module.params["backend"], AnsibleRunner(module, module.params["bin_dir"]), **options)
+    (an AnsibleModule), with ``env`` added to their environment."""
+    return get_backend(module.params["backend"], AnsibleRunner(module, module.params["bin_dir"], env), **options)

@@ -8,6 +8,7 @@ mode, ``actions`` and the diff work). Nothing is run when the node or queue alre
 from __future__ import annotations
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch.base import check_address, check_name, check_properties, same_members
+from ansible_collections.skygrid.fabric.plugins.module_utils.batch.clusters import check_environment, in_cluster
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 
 NODE_STATES = ("present", "online", "offline", "drained", "absent")
@@ -151,16 +152,19 @@ NODE_ITEM_KEYS = ("name", "cores", "memory_mb", "properties", "address", "note")
 
 
 def node_specs(params):
-    """Specs for a ``nodes`` list: each item's own keys over the call's state, wait and force; an item's
-    error names it (``nodes[2].name``)."""
+    """Specs for a ``nodes`` list: each item's own keys over the call's state, wait and force, and the
+    environment of its cluster (``environment``, {} for the default one); an item's error names it
+    (``nodes[2].name``)."""
     specs = []
     for index, item in enumerate(params["nodes"]):
         merged = dict(params, **{key: item.get(key) for key in NODE_ITEM_KEYS})
         try:
-            specs.append(node_spec(merged))
+            spec = node_spec(merged)
+            spec["environment"] = check_environment(item.get("environment"))
         except FabricError as exc:
-            field = "nodes[%d].%s" % (index, exc.field) if exc.field in NODE_ITEM_KEYS else exc.field
+            field = "nodes[%d].%s" % (index, exc.field) if exc.field in NODE_ITEM_KEYS + ("environment",) else exc.field
             raise FabricError(str(exc).split(": ", 1)[-1], field=field)
+        specs.append(spec)
     names = [spec["name"] for spec in specs]
     repeated = sorted(name for name in set(names) if names.count(name) > 1)
     if repeated:
@@ -168,14 +172,21 @@ def node_specs(params):
     return specs
 
 
-def ensure_nodes(backend, specs, reconciler):
-    """Several nodes in one call (one process for all of a host's VM slots), in order, each through a
-    reconciler of its own so one node's change does not make another look changed."""
+def ensure_nodes(clusters, specs, reconciler):
+    """Several nodes in one call (one process for all of a host's VM slots, whichever cluster each joins),
+    in order, each with the backend of its cluster (``clusters``, a :class:`clusters.Clusters`) and through a
+    reconciler of its own so one node's change does not make another look changed. A failure names the
+    node and its cluster, and keeps the actions done before it."""
     results = []
     for spec in specs:
+        environment = spec.get("environment") or {}
         child = reconciler.child()
-        results.append(ensure_node(backend, spec, child))
-        reconciler.merge(child)
+        try:
+            results.append(ensure_node(clusters.backend(environment), spec, child))
+        except FabricError as exc:
+            raise in_cluster(exc, spec["name"], environment)
+        finally:
+            reconciler.merge(child)
     return results
 
 

@@ -22,11 +22,13 @@ def _resolve(argv, bin_dir):
 
 
 class AnsibleRunner:
-    """Runs commands with ``module.run_command`` (never raises on a non-zero exit: the backend decides)."""
+    """Runs commands with ``module.run_command`` (never raises on a non-zero exit: the backend decides);
+    ``env`` adds to (or overrides) the environment (another cluster's ``SLURM_CONF``)."""
 
-    def __init__(self, module, bin_dir=None):
+    def __init__(self, module, bin_dir=None, env=None):
         self.module = module
         self.bin_dir = bin_dir
+        self.env = env
 
     def __call__(self, argv):
         argv = _resolve(argv, self.bin_dir)
@@ -35,7 +37,7 @@ class AnsibleRunner:
             if not path:
                 return 127, "", "%s: command not found" % argv[0]
             argv = [path] + argv[1:]
-        rc, out, err = self.module.run_command(argv, check_rc=False, environ_update={"LC_ALL": "C", "LANG": "C"})
+        rc, out, err = self.module.run_command(argv, check_rc=False, environ_update=dict(self.env or {}, LC_ALL="C", LANG="C"))
         return rc, out, err
 
 

@@ -230,8 +230,14 @@ def batch_nodes(plan, vos, leases=None):
     return nodes
 
 
-def batch_node_items(nodes, backend):
+def batch_node_items(nodes, backend, environments=None):
     """The items skygrid.fabric.batch_node's ``nodes`` option takes, from :func:`batch_nodes`. Memory goes
-    to Torque only: a Slurm VM's slurmd declares its own when it registers."""
+    to Torque only: a Slurm VM's slurmd declares its own when it registers. With ``environments`` ({vo:
+    environment}, see :func:`domains.batch_env`), each item carries its VO's as ``environment``, so one
+    batch_node run reaches every VO's cluster."""
     keys = ("name", "cores", "properties", "address") + (("memory_mb",) if backend == "torque" else ())
-    return [{key: node[key] for key in keys if key in node} for node in nodes]
+    items = [{key: node[key] for key in keys if key in node} for node in nodes]
+    if environments is not None:
+        for item, node in zip(items, nodes):
+            item["environment"] = dict(environments.get(node.get("vo")) or {})
+    return items
