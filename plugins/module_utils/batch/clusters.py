@@ -55,7 +55,4 @@ class Clusters:
 
 def in_cluster(exc, node, environment):
     """``exc`` (a FabricError about ``node``) with the node and its cluster named in the message."""
-    text = str(exc)
-    if exc.field and text.startswith(exc.field + ": "):
-        text = text[len(exc.field) + 2:]
-    return FabricError("node %s in %s: %s" % (node, describe(environment), text), field=exc.field, **exc.details)
+    return FabricError("node %s in %s: %s" % (node, describe(environment), exc.bare_msg), field=exc.field, **exc.details)
