@@ -61,6 +61,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.errors import Fabri
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch import domains
 from ansible_collections.skygrid.fabric.plugins.module_utils.images import args as image_args
 from ansible_collections.skygrid.fabric.plugins.module_utils.planning import slots
+from ansible_collections.skygrid.fabric.plugins.module_utils import slurm_vm_context
 
 
 def _filter(name, func):
@@ -84,6 +85,9 @@ FILTERS = {
     "batch_env": domains.batch_env,
     "site_built_vos": domains.site_built_vos,
     "vo_image_vos": image_args.vos_items,
+    "slurm_vm_domains": slurm_vm_context.plan_domains,
+    "slurm_domain_errors": slurm_vm_context.domain_errors,
+    "slurm_vm_user_data": slurm_vm_context.vm_user_data,
 }
 
 
