@@ -60,7 +60,7 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch import domains
 from ansible_collections.skygrid.fabric.plugins.module_utils.planning import slots
-from ansible_collections.skygrid.fabric.plugins.module_utils import slurm_vm_context
+from ansible_collections.skygrid.fabric.plugins.module_utils.contextualisation import slurm as slurm_context
 
 
 def _vo_image_vos(*args, **kwargs):
@@ -91,9 +91,9 @@ FILTERS = {
     "batch_env": domains.batch_env,
     "site_built_vos": domains.site_built_vos,
     "vo_image_vos": _vo_image_vos,
-    "slurm_vm_domains": slurm_vm_context.plan_domains,
-    "slurm_domain_errors": slurm_vm_context.domain_errors,
-    "slurm_vm_user_data": slurm_vm_context.vm_user_data,
+    "slurm_vm_domains": slurm_context.plan_domains,
+    "slurm_domain_errors": slurm_context.domain_errors,
+    "slurm_vm_user_data": slurm_context.vm_user_data,
 }
 
 

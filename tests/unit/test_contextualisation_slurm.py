@@ -9,7 +9,7 @@ import pathlib
 import pytest
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
-from ansible_collections.skygrid.fabric.plugins.module_utils.slurm_vm_context import (
+from ansible_collections.skygrid.fabric.plugins.module_utils.contextualisation.slurm import (
     domain_errors, plan_domains, vm_user_data)
 
 KNOWN_GOOD = pathlib.Path(__file__).parent / "data" / "slurm_vm_user_data"
