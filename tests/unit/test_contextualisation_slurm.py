@@ -87,6 +87,7 @@ def test_no_site_key_read_without_a_site_vm():
 @pytest.mark.parametrize("missing, problem", [
     ({"/c/lhcb/slurm.conf": None}, "VO lhcb has no trust domain on ctl: /c/lhcb/slurm.conf is missing."),
     ({"/c/lhcb/slurm.conf": "SlurmctldPort=6822\n"}, "/c/lhcb/slurm.conf names no munge socket (AuthInfo=socket=...)"),
+    ({"/c/lhcb/slurm.conf": "AuthInfo=socket=/,ttl=3\n"}, "/c/lhcb/slurm.conf names no munge socket"),
     ({"/k/lhcb.key": None}, "VO lhcb has no trust domain on ctl: its munge key /k/lhcb.key is missing."),
 ])
 def test_a_vo_without_a_cluster_gets_nothing(missing, problem):

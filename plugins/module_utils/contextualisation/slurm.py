@@ -102,7 +102,7 @@ def domain_errors(plan, files):
         key_path = plan["vo_key"][vo]
         if not _file(files, conf_path).get("exists"):
             problem = "%s is missing" % conf_path
-        elif not re.search(r"(?m)^AuthInfo=\S*socket=/", _text(files, conf_path)):
+        elif not _AUTH_SOCKET.search(_text(files, conf_path)):
             problem = "%s names no munge socket (AuthInfo=socket=...)" % conf_path
         elif not _file(files, key_path).get("exists"):
             problem = "its munge key %s is missing" % key_path
