@@ -59,8 +59,15 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.skygrid.fabric.plugins.module_utils.errors import FabricError
 from ansible_collections.skygrid.fabric.plugins.module_utils.batch import domains
-from ansible_collections.skygrid.fabric.plugins.module_utils.images import args as image_args
 from ansible_collections.skygrid.fabric.plugins.module_utils.planning import slots
+from ansible_collections.skygrid.fabric.plugins.module_utils.contextualisation import slurm as slurm_context
+
+
+def _vo_image_vos(*args, **kwargs):
+    # Imported when used: images.args pulls in ansible.module_utils.urls (~30 ms), and Ansible imports every
+    # filter file of the collection in the worker of each task that uses any of its filters.
+    from ansible_collections.skygrid.fabric.plugins.module_utils.images import args as image_args
+    return image_args.vos_items(*args, **kwargs)
 
 
 def _filter(name, func):
@@ -83,7 +90,10 @@ FILTERS = {
     "batch_node_items": slots.batch_node_items,
     "batch_env": domains.batch_env,
     "site_built_vos": domains.site_built_vos,
-    "vo_image_vos": image_args.vos_items,
+    "vo_image_vos": _vo_image_vos,
+    "slurm_vm_domains": slurm_context.plan_domains,
+    "slurm_domain_errors": slurm_context.domain_errors,
+    "slurm_vm_user_data": slurm_context.vm_user_data,
 }
 
 
