@@ -14,7 +14,8 @@ description:
   - Brings every listed libvirt network and storage pool to its spec, as M(skygrid.fabric.libvirt_network)
     and M(skygrid.fabric.libvirt_pool) do one at a time - the same code and the same safeguards, so a restart
     that would cut off VMs is refused unless its O(networks[].allow_restart) or O(pools[].allow_restart) says so -
-    then reports the host's facts as M(skygrid.fabric.hypervisor_info) does, with its warnings.
+    then reports the host's facts as M(skygrid.fabric.hypervisor_info) does, with its warnings, and its VMs
+    as M(skygrid.fabric.vm_info) does.
   - One module run for a host's whole libvirt fabric, which a converge that changes nothing pays on every
     worker node instead of one run per object and one for the facts.
   - Networks first, in order, then pools; the first failure stops the run and names the item
@@ -193,6 +194,14 @@ hypervisor:
   returned: always
   type: dict
   sample: {virt_type: qemu, cpus: 2, memory_mb: 24034, nwfilters: [clean-traffic], libvirt_version: 9.0.0}
+vms:
+  description:
+    - The host's VMs, as M(skygrid.fabric.vm_info) returns them (name, state, their skygrid.fabric metadata).
+    - The C(skygrid.fabric.vm_slots) role plans with them when given them as C(vm_slots_vms), instead of reading them again.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{name: wn042-atlas-1, state: running, metadata: {vo: atlas, slot_host: wn042}}]
 actions:
   description: What was (or, in check mode, would be) done.
   returned: always
@@ -207,6 +216,7 @@ from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.networks im
 from ansible_collections.skygrid.fabric.plugins.module_utils.libvirt.object_module import (
     NETWORK_OPTIONS, POOL_OPTIONS, URI_OPTION, converge_object)
 from ansible_collections.skygrid.fabric.plugins.module_utils.module_base import FabricModule
+from ansible_collections.skygrid.fabric.plugins.module_utils.vm.report import describe_all
 
 # option: (what its diff keys start with, the object kind, its spec normaliser)
 KINDS = (
@@ -238,6 +248,7 @@ class HypervisorFabricModule(FabricModule):
                     finally:
                         self.reconciler.merge(child, key_prefix)
             result["hypervisor"] = host.report(conn, uri, self.reconciler.warn)
+            result["vms"] = describe_all(conn)
         return result
 
 

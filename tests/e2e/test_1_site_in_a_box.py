@@ -80,6 +80,14 @@ def test_convert_is_idempotent_and_runs_each_vo_job_in_its_vm(converted_site):
 
     rc, out = run_playbook("convert_worker_nodes")
     assert_unchanged(rc, out, "the second convert run")
+    # Each VM's usage record was opened by the run that started it; a run that changes no VM does not
+    # account (the running VMs' CPU time is operations.yml's, from cron).
+    open_records = set(json.loads(subprocess.run([os.path.join(ROOT, ".venv", "bin", "python"), "-c", (
+        "import sqlite3,json; c=sqlite3.connect('/var/lib/skygrid/accounting.sqlite');"
+        "print(json.dumps([r[0] for r in c.execute('select vm_name from usage where end is null')]))")],
+        stdout=subprocess.PIPE, text=True, check=True).stdout))
+    assert set(SLOTS) <= open_records
+    assert "Account the VMs' usage" not in out
 
     jobs = {}
     for vo in VOS:

@@ -43,6 +43,7 @@ def test_one_run_plans_builds_and_then_changes_nothing(conn, fabric_args):
     assert [n["name"] for n in built["networks"]] == [NAME] and built["pools"][0]["spec"]["mode"] == "0711"
     facts = built["hypervisor"]
     assert "clean-traffic" in facts["nwfilters"] and facts["cpus"] >= 1 and facts["virt_type"] in ("kvm", "qemu")
+    assert {vm["name"] for vm in built["vms"]} == {dom.name() for dom in conn.listAllDomains()}
 
     again = ok(run_module("hypervisor_fabric", fabric_args, diff=True))
     assert again["changed"] is False and again["actions"] == []
