@@ -163,7 +163,7 @@ def node_specs(params):
             spec["environment"] = check_environment(item.get("environment"))
         except FabricError as exc:
             field = "nodes[%d].%s" % (index, exc.field) if exc.field in NODE_ITEM_KEYS + ("environment",) else exc.field
-            raise FabricError(str(exc).split(": ", 1)[-1], field=field)
+            raise FabricError(exc.bare_msg, field=field)
         specs.append(spec)
     names = [spec["name"] for spec in specs]
     repeated = sorted(name for name in set(names) if names.count(name) > 1)
